@@ -1,0 +1,119 @@
+"""The ``ddpm`` command: argument parsing only; each subcommand calls into model/, training/ or app/.
+
+It stands above the three packages so that neither app/ nor training/ imports the other.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+
+
+def _convert(args: argparse.Namespace) -> int:
+    from model.convert import convert_diffusers
+
+    config = convert_diffusers(args.src, args.out, allow_pickle=args.allow_pickle, name=args.name)
+    print(f"wrote {args.out}: {config.name}, {config.image_size}x{config.image_size}x{config.channels}, "
+          f"T={config.diffusion.num_timesteps}, {config.diffusion.schedule} schedule")
+    return 0
+
+
+def _sample(args: argparse.Namespace) -> int:
+    from model import load_checkpoint
+    from model.images import write_samples
+
+    model = load_checkpoint(args.checkpoint, device=args.device)
+    images = model.sample(
+        args.n, steps=args.steps, sampler=args.sampler, eta=args.eta, seed=args.seed,
+        label=args.label, guidance=args.guidance, batch_size=args.batch_size, progress=True,
+    )
+    paths = write_samples(images, args.out, [args.seed + i for i in range(args.n)], scale=args.scale)
+    print(f"wrote {len(paths) - 1} images and {paths[-1]}")
+    return 0
+
+
+def _train(args: argparse.Namespace, overrides: list[str]) -> int:
+    from training.cli import train_main
+
+    return train_main(args, overrides)
+
+
+def _eval(args: argparse.Namespace) -> int:
+    from training.cli import eval_main
+
+    return eval_main(args)
+
+
+def _serve(args: argparse.Namespace) -> int:
+    from app.main import serve
+
+    return serve(host=args.host, port=args.port)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from model.config import SAMPLERS
+
+    parser = argparse.ArgumentParser(prog="ddpm", description="DDPM training, sampling and serving")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("convert", help="import a diffusers-format DDPM folder as a .safetensors checkpoint")
+    p.add_argument("src", help="folder with unet/config.json, unet/diffusion_pytorch_model.safetensors, "
+                               "scheduler/scheduler_config.json")
+    p.add_argument("out", help="output .safetensors file")
+    p.add_argument("--name", help="model name recorded in the checkpoint (default: the folder's name)")
+    p.add_argument("--allow-pickle", action="store_true",
+                   help="accept diffusion_pytorch_model.bin, read with torch.load(weights_only=True)")
+    p.set_defaults(func=_convert)
+
+    p = sub.add_parser("sample", help="write sample PNGs and a grid from a checkpoint")
+    p.add_argument("--checkpoint", default=None, help="a .safetensors checkpoint (default: the embedded model)")
+    p.add_argument("--n", type=int, default=16, help="number of images")
+    p.add_argument("--steps", type=int, default=None, help="network evaluations (default: the model's)")
+    p.add_argument("--sampler", choices=SAMPLERS, default=None, help="default: the model's")
+    p.add_argument("--eta", type=float, default=None, help="DDIM stochasticity in [0, 1]")
+    p.add_argument("--seed", type=int, default=0, help="image i uses seed + i")
+    p.add_argument("--label", type=int, default=None, help="class, for a class-conditional model")
+    p.add_argument("--guidance", type=float, default=None, help="classifier-free guidance weight w >= 0")
+    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--scale", type=int, default=1, help="enlarge the PNGs by this factor (nearest neighbour)")
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, ...")
+    p.add_argument("--out", default="samples", help="output directory")
+    p.set_defaults(func=_sample)
+
+    p = sub.add_parser("train", help="train a model; extra --key=value pairs override the config")
+    p.add_argument("--config", default="digits", help="a preset name or a JSON/TOML config file")
+    p.add_argument("--resume", action="store_true", help="continue the run in --run-dir from its last state")
+    p.add_argument("--run-dir", default=None, help="where checkpoints, samples and metrics go")
+    p.set_defaults(func=_train, takes_overrides=True)
+
+    p = sub.add_parser("eval", help="bits/dim on held-out data and, for digits, the sample-quality table")
+    p.add_argument("--checkpoint", default=None, help="default: the embedded model")
+    p.add_argument("--out", default=None, help="directory for the report and sample grids")
+    p.add_argument("--quick", action="store_true", help="fewer samples and timesteps (a smoke check)")
+    p.add_argument("--device", default="auto")
+    p.set_defaults(func=_eval)
+
+    p = sub.add_parser("serve", help="run the HTTP server (settings from DDPM_* environment variables)")
+    p.add_argument("--host", default=None, help="default: DDPM_HOST or 0.0.0.0")
+    p.add_argument("--port", type=int, default=None, help="default: DDPM_PORT or 8000")
+    p.set_defaults(func=_serve)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args, extra = parser.parse_known_args(argv)
+    if getattr(args, "takes_overrides", False):
+        return int(args.func(args, extra))
+    if extra:
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
+    try:
+        return int(args.func(args))
+    except ValueError as exc:  # config, checkpoint and conversion errors name what is wrong
+        print(f"ddpm {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

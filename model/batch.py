@@ -1,0 +1,218 @@
+"""Step-level batching: many images, each at its own point of its own trajectory, one network call.
+
+A ``RowBatch`` holds up to ``capacity`` rows. A row is one image: its x_t, its plan (timesteps
+and coefficient table), its position in that plan, its label and guidance scale, and its own
+random generator. ``step()`` runs ONE network call over every row, each at its own timestep,
+then applies every row's own update in one vectorised expression (see ``samplers``). Rows can
+be added and removed between any two steps; that is all continuous batching needs, and the
+offline sampler (``DiffusionModel.sample``) and the server's engine both run on it.
+
+Reproducibility: a row's randomness comes only from its own CPU generator, seeded by its seed:
+first x_T, then blocks of ``noise_block`` steps' noise. So an image depends on (model, seed,
+plan, label, guidance) and never on which other rows share its batch, nor on the device.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+
+from .images import to_uint8
+from .samplers import NUM_COEFS, SamplerPlan, update
+
+DenoiseFn = Callable[[torch.Tensor, torch.Tensor, "torch.Tensor | None"], torch.Tensor]
+
+
+@dataclass(frozen=True)
+class RowSpec:
+    """What one image asks for."""
+
+    plan: SamplerPlan
+    seed: int
+    label: int | None = None  # None: unconditional (the null label of a conditional model)
+    guidance: float = 0.0  # classifier-free guidance weight w (Ho & Salimans 2022); 0 is off
+
+
+@dataclass(eq=False)
+class Row:
+    """A live image in a RowBatch. ``tag`` belongs to the caller (the server keeps its request there)."""
+
+    spec: RowSpec
+    tag: Any = None
+    step: int = 0  # steps done so far
+    slot: int = -1  # position in the batch; -1 once the row has left
+    image: np.ndarray | None = field(default=None, repr=False)  # (H, W, C) uint8 once finished
+
+    @property
+    def steps(self) -> int:
+        return self.spec.plan.steps
+
+    @property
+    def done(self) -> bool:
+        return self.step >= self.steps
+
+
+class RowBatch:
+    @torch.inference_mode()
+    def __init__(
+        self,
+        denoise: DenoiseFn,
+        *,
+        image_shape: tuple[int, int, int],
+        prediction: str,
+        clip: bool,
+        capacity: int,
+        max_steps: int,
+        null_label: int | None,
+        device: torch.device | str = "cpu",
+        noise_block: int = 16,
+    ) -> None:
+        if capacity < 1:
+            raise ValueError(f"capacity={capacity} must be >= 1")
+        self.denoise = denoise
+        self.image_shape = image_shape
+        self.prediction = prediction
+        self.clip = clip
+        self.capacity = capacity
+        self.max_steps = max_steps
+        self.null_label = null_label
+        self.device = torch.device(device)
+        self.noise_block = noise_block
+        c, h, w = image_shape
+        dev = self.device
+        self.rows: list[Row] = []
+        self._generators: list[torch.Generator] = []
+        # Per-slot state on the device.
+        self._x = torch.zeros(capacity, c, h, w, device=dev)
+        self._x0 = torch.zeros(capacity, c, h, w, device=dev)
+        self._noise = torch.zeros(capacity, noise_block, c, h, w, device=dev)
+        self._coefs = torch.zeros(capacity, max_steps, NUM_COEFS, device=dev)
+        self._timesteps = torch.zeros(capacity, max_steps, dtype=torch.long, device=dev)
+        self._labels = torch.zeros(capacity, dtype=torch.long, device=dev)
+        # Per-slot bookkeeping on the CPU, where the loop reads it without a device sync.
+        self._step = torch.zeros(capacity, dtype=torch.long)
+        self._guidance = torch.zeros(capacity)
+        self._stochastic = torch.zeros(capacity, dtype=torch.bool)
+        self._has_label = torch.zeros(capacity, dtype=torch.bool)
+        self._slot_base = torch.arange(capacity, dtype=torch.long) * max_steps
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    @property
+    def free(self) -> int:
+        return self.capacity - len(self.rows)
+
+    @torch.inference_mode()
+    def add(self, spec: RowSpec, tag: Any = None) -> Row:
+        """Admit a row; it takes part from the next ``step()``."""
+        if not self.free:
+            raise RuntimeError("RowBatch is full")
+        plan = spec.plan
+        if plan.steps > self.max_steps:
+            raise ValueError(f"plan has {plan.steps} steps; this batch holds at most {self.max_steps}")
+        if spec.label is not None and self.null_label is None:
+            raise ValueError("label given for an unconditional model")
+        slot = len(self.rows)
+        row = Row(spec=spec, tag=tag, slot=slot)
+        gen = torch.Generator().manual_seed(spec.seed)
+        self.rows.append(row)
+        self._generators.append(gen)
+        self._x[slot] = torch.randn(self.image_shape, generator=gen).to(self.device)
+        self._x0[slot].zero_()
+        self._coefs[slot, : plan.steps] = plan.coefs.to(self.device)
+        self._timesteps[slot, : plan.steps] = plan.timesteps.to(self.device)
+        label = spec.label if spec.label is not None else self.null_label
+        self._labels[slot] = 0 if label is None else label
+        self._step[slot] = 0
+        self._guidance[slot] = spec.guidance if spec.label is not None else 0.0
+        self._has_label[slot] = spec.label is not None
+        self._stochastic[slot] = plan.stochastic
+        return row
+
+    @torch.inference_mode()
+    def remove(self, row: Row) -> None:
+        """Take a row out (cancelled, expired, or finished); its slot is refilled by the last row."""
+        if row.slot < 0:
+            return
+        slot, last = row.slot, len(self.rows) - 1
+        if slot != last:
+            moved = self.rows[last]
+            for buf in (self._x, self._x0, self._noise, self._coefs, self._timesteps, self._labels,
+                        self._step, self._guidance, self._stochastic, self._has_label):
+                buf[slot] = buf[last]
+            self.rows[slot] = moved
+            self._generators[slot] = self._generators[last]
+            moved.slot = slot
+        self.rows.pop()
+        self._generators.pop()
+        row.slot = -1
+
+    def _refill_noise(self, n: int) -> None:
+        """Rows at the start of a noise block draw the next ``noise_block`` steps from their generator."""
+        due = (self._stochastic[:n] & (self._step[:n] % self.noise_block == 0)).nonzero().flatten().tolist()
+        if not due:
+            return
+        shape = (self.noise_block, *self.image_shape)
+        blocks = torch.stack([torch.randn(shape, generator=self._generators[i]) for i in due])
+        self._noise[due] = blocks.to(self.device, non_blocking=True)
+
+    def _model_output(self, x: torch.Tensor, t: torch.Tensor, n: int) -> torch.Tensor:
+        """One network call for all rows; guided rows add an unconditional copy to the same call."""
+        if self.null_label is None:
+            return self.denoise(x, t, None)
+        labels = self._labels[:n]
+        guided = (self._guidance[:n] > 0).nonzero().flatten()
+        if not len(guided):
+            return self.denoise(x, t, labels)
+        g = guided.to(self.device)
+        null = torch.full((len(guided),), self.null_label, dtype=torch.long, device=self.device)
+        out = self.denoise(torch.cat([x, x[g]]), torch.cat([t, t[g]]), torch.cat([labels, null]))
+        cond, uncond = out[:n], out[n:]
+        w = self._guidance[guided].to(self.device)[:, None, None, None]
+        # eps~ = (1 + w) eps(x, c) - w eps(x)  (Ho & Salimans 2022, eq. 6)
+        cond[g] = cond[g] + w * (cond[g] - uncond)
+        return cond
+
+    @torch.inference_mode()
+    def step(self) -> list[Row]:
+        """Advance every row by one step; returns the rows that finished (already removed, with ``image``)."""
+        n = len(self.rows)
+        if n == 0:
+            return []
+        gather = (self._slot_base[:n] + self._step[:n]).to(self.device, non_blocking=True)
+        coefs = self._coefs.view(-1, NUM_COEFS).index_select(0, gather)
+        t = self._timesteps.view(-1).index_select(0, gather)
+        x = self._x[:n]
+        output = self._model_output(x, t, n)
+        noise = None
+        if bool(self._stochastic[:n].any()):
+            self._refill_noise(n)
+            k = (self._step[:n] % self.noise_block).to(self.device, non_blocking=True)
+            # Rows that never draw noise have sigma = 0, so whatever their slot holds is ignored.
+            noise = self._noise[:n][torch.arange(n, device=self.device), k]
+        x_next, x0 = update(self.prediction, output, x, self._x0[:n], coefs, noise, self.clip)
+        self._x[:n] = x_next
+        self._x0[:n] = x0
+        self._step[:n] += 1
+        for row, s in zip(self.rows, self._step[:n].tolist(), strict=True):
+            row.step = s
+        finished = [row for row in self.rows if row.done]
+        if finished:
+            slots = torch.tensor([r.slot for r in finished], device=self.device)
+            images = to_uint8(self._x.index_select(0, slots)).cpu().numpy()
+            for row, image in zip(finished, images, strict=True):
+                row.image = image
+            for row in sorted(finished, key=lambda r: r.slot, reverse=True):
+                self.remove(row)
+        return finished
+
+    @torch.inference_mode()
+    def preview(self, rows: Sequence[Row]) -> np.ndarray:
+        """The current prediction of x0 for live rows, (len(rows), H, W, C) uint8."""
+        slots = torch.tensor([r.slot for r in rows], dtype=torch.long, device=self.device)
+        return to_uint8(self._x0.index_select(0, slots)).cpu().numpy()

@@ -1,0 +1,110 @@
+"""Checkpoints: one .safetensors file with the weights and the whole ModelConfig as JSON metadata.
+
+safetensors holds raw tensors and a JSON header, so loading never unpickles anything. Writes
+are atomic (a temporary file in the same directory, fsync, rename), so a crash mid-write leaves
+the previous file intact. Every failure names the file and what is wrong with it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from collections.abc import Callable, Mapping
+from pathlib import Path
+
+import torch
+from safetensors import SafetensorError, safe_open
+from safetensors.torch import save_file
+from torch import nn
+
+from .config import ConfigError, ModelConfig
+from .unet import UNet
+
+CONFIG_KEY = "ddpm_serve.config"
+
+
+class CheckpointError(ValueError):
+    """A checkpoint that is missing, unreadable, truncated, or does not match its config."""
+
+
+def atomic_write(path: str | os.PathLike[str], write: Callable[[Path], None]) -> Path:
+    """Call ``write(tmp_path)`` then move the result over ``path`` atomically."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    try:
+        write(Path(tmp))
+        with open(tmp, "rb") as fh:
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    dir_fd = os.open(path.parent, os.O_RDONLY)
+    try:
+        os.fsync(dir_fd)  # make the rename itself durable
+    finally:
+        os.close(dir_fd)
+    return path
+
+
+
+def save_checkpoint(
+    path: str | os.PathLike[str],
+    weights: nn.Module | Mapping[str, torch.Tensor],
+    config: ModelConfig,
+) -> Path:
+    """Write the U-Net weights (float32, on the CPU) and ``config`` to ``path`` atomically."""
+    state = weights.state_dict() if isinstance(weights, nn.Module) else weights
+    tensors = {k: v.detach().to("cpu", torch.float32).contiguous() for k, v in state.items()}
+    metadata = {CONFIG_KEY: config.to_json(), "format": "pt"}
+    return atomic_write(path, lambda tmp: save_file(tensors, str(tmp), metadata=metadata))
+
+
+def read_checkpoint(path: str | os.PathLike[str]) -> tuple[ModelConfig, dict[str, torch.Tensor]]:
+    """The config and the tensors of a checkpoint, checked but not yet put into a network."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"{path}: no such checkpoint file")
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            metadata = f.metadata() or {}
+            tensors = {key: f.get_tensor(key) for key in f.keys()}  # noqa: SIM118 - not a dict
+    except (SafetensorError, OSError, ValueError, RuntimeError) as exc:
+        raise CheckpointError(f"{path}: not a readable safetensors file (truncated or corrupt?): {exc}") from exc
+    if CONFIG_KEY not in metadata:
+        raise CheckpointError(
+            f"{path}: no '{CONFIG_KEY}' in the safetensors metadata; not a ddpm-serve checkpoint "
+            "(a diffusers folder can be imported with `ddpm convert`)"
+        )
+    try:
+        config = ModelConfig.from_json(metadata[CONFIG_KEY])
+    except (ConfigError, json.JSONDecodeError, TypeError) as exc:
+        raise CheckpointError(f"{path}: invalid config in metadata: {exc}") from exc
+    return config, tensors
+
+
+def build_unet(config: ModelConfig, tensors: Mapping[str, torch.Tensor], path: str | os.PathLike[str]) -> UNet:
+    """A U-Net for ``config`` holding ``tensors``; any missing, extra or misshapen tensor is an error."""
+    unet = UNet(config.unet)
+    expected = unet.state_dict()
+    missing = sorted(set(expected) - set(tensors))
+    unexpected = sorted(set(tensors) - set(expected))
+    shapes = [
+        f"{k}: file {tuple(tensors[k].shape)} vs config {tuple(v.shape)}"
+        for k, v in expected.items()
+        if k in tensors and tensors[k].shape != v.shape
+    ]
+    problems = []
+    if missing:
+        problems.append(f"{len(missing)} missing tensor(s), e.g. {', '.join(missing[:3])}")
+    if unexpected:
+        problems.append(f"{len(unexpected)} unexpected tensor(s), e.g. {', '.join(unexpected[:3])}")
+    if shapes:
+        problems.append(f"{len(shapes)} shape mismatch(es), e.g. {'; '.join(shapes[:3])}")
+    if problems:
+        raise CheckpointError(f"{path}: weights do not match the config's network: {'; '.join(problems)}")
+    unet.load_state_dict(dict(tensors))
+    return unet
