@@ -168,6 +168,10 @@ class ModelConfig:
     sampling: SamplingConfig = field(default_factory=SamplingConfig)
     # Human names of the classes, e.g. ["0", ..., "9"]; length num_classes when given.
     class_names: tuple[str, ...] | None = None
+    # How many evenly spaced intensity levels the training data had before it was mapped onto
+    # [-1, 1]: 256 for 8-bit images, 17 for scikit-learn's digits (values 0..16). The bound's
+    # discretized decoder (eq. 13) gives each level a bin of width 2 / (data_levels - 1).
+    data_levels: int = 256
     # Free-form: data set, command, steps trained, source of a converted model, date.
     provenance: dict[str, Any] = field(default_factory=dict)
 
@@ -179,6 +183,7 @@ class ModelConfig:
                 f"class_names has {len(self.class_names)} entries but unet.num_classes="
                 f"{self.unet.num_classes}",
             )
+        _require(self.data_levels >= 2, f"data_levels={self.data_levels} must be >= 2")
         _require(
             self.sampling.steps <= self.diffusion.num_timesteps,
             f"sampling.steps={self.sampling.steps} exceeds diffusion.num_timesteps="
