@@ -4,7 +4,7 @@ Knows nothing of HTTP or of training loops; ``training`` and ``app`` both build 
 """
 
 from .batch import Row, RowBatch, RowSpec
-from .checkpoint import CheckpointError, read_checkpoint, save_checkpoint
+from .checkpoint import CheckpointError, read_checkpoint, read_config, save_checkpoint
 from .config import (
     SAMPLERS,
     ConfigError,
@@ -39,6 +39,7 @@ __all__ = [
     "load_checkpoint",
     "make_betas",
     "read_checkpoint",
+    "read_config",
     "resolve_device",
     "save_checkpoint",
     "select_timesteps",

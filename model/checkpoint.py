@@ -63,15 +63,23 @@ def save_checkpoint(
     return atomic_write(path, lambda tmp: save_file(tensors, str(tmp), metadata=metadata))
 
 
+def read_config(path: str | os.PathLike[str]) -> ModelConfig:
+    """Only the config of a checkpoint, from its header; the tensors are not read."""
+    return _read(Path(path), tensors=False)[0]
+
+
 def read_checkpoint(path: str | os.PathLike[str]) -> tuple[ModelConfig, dict[str, torch.Tensor]]:
     """The config and the tensors of a checkpoint, checked but not yet put into a network."""
-    path = Path(path)
+    return _read(Path(path), tensors=True)
+
+
+def _read(path: Path, tensors: bool) -> tuple[ModelConfig, dict[str, torch.Tensor]]:
     if not path.is_file():
         raise CheckpointError(f"{path}: no such checkpoint file")
     try:
         with safe_open(str(path), framework="pt") as f:
             metadata = f.metadata() or {}
-            tensors = {key: f.get_tensor(key) for key in f.keys()}  # noqa: SIM118 - not a dict
+            loaded = {key: f.get_tensor(key) for key in f.keys()} if tensors else {}  # noqa: SIM118
     except (SafetensorError, OSError, ValueError, RuntimeError) as exc:
         raise CheckpointError(f"{path}: not a readable safetensors file (truncated or corrupt?): {exc}") from exc
     if CONFIG_KEY not in metadata:
@@ -83,7 +91,7 @@ def read_checkpoint(path: str | os.PathLike[str]) -> tuple[ModelConfig, dict[str
         config = ModelConfig.from_json(metadata[CONFIG_KEY])
     except (ConfigError, json.JSONDecodeError, TypeError) as exc:
         raise CheckpointError(f"{path}: invalid config in metadata: {exc}") from exc
-    return config, tensors
+    return config, loaded
 
 
 def build_unet(config: ModelConfig, tensors: Mapping[str, torch.Tensor], path: str | os.PathLike[str]) -> UNet:

@@ -47,11 +47,8 @@ class DiffusionModel:
         self.device = resolve_device(device)
         self.unet = unet.to(self.device).eval()
         self.schedule = NoiseSchedule.from_config(config.diffusion, self.device)
+        self.dtype = dtype
         self.denoiser = Denoiser(self.unet, dtype=dtype, channels_last=channels_last, buckets=buckets)
-
-    @property
-    def dtype(self) -> torch.dtype:
-        return self.denoiser.dtype
 
     @property
     def image_shape(self) -> tuple[int, int, int]:

@@ -2,6 +2,13 @@
 
 from __future__ import annotations
 
+import os
+
+# Before torch loads OpenMP: idle OpenMP threads sleep instead of spinning. The tests run a
+# server thread, subprocesses and the test itself on two cores; spinning threads then steal
+# the cores their own team is waiting for, and a 2 ms network call can take 300 ms.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
 from pathlib import Path
 
 import pytest

@@ -1,0 +1,36 @@
+"""Prometheus metrics (prefix ``ddpm_``), in a registry of their own per server instance."""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+# Requests can wait in a queue and run 1000 steps: latency buckets reach ten minutes.
+LATENCY_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 600.0)
+STEP_BUCKETS = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
+BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024)
+
+
+class Metrics:
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry(auto_describe=True)
+        r = self.registry
+        self.requests = Counter(
+            "ddpm_requests", "Generation requests by final HTTP status and sampler", ["status", "sampler"],
+            registry=r)
+        self.request_duration = Histogram(
+            "ddpm_request_duration_seconds", "Time from admission to response, per request",
+            buckets=LATENCY_BUCKETS, registry=r)
+        self.queue_wait = Histogram(
+            "ddpm_queue_wait_seconds", "Time a request waited before its first row ran",
+            buckets=LATENCY_BUCKETS, registry=r)
+        self.batch_size = Histogram(
+            "ddpm_batch_size", "Rows (images) in each network call", buckets=BATCH_BUCKETS, registry=r)
+        self.step_duration = Histogram(
+            "ddpm_step_duration_seconds", "Time of one engine iteration: one network call and the update",
+            buckets=STEP_BUCKETS, registry=r)
+        self.images = Counter("ddpm_images", "Images generated", registry=r)
+        self.queue_images = Gauge("ddpm_queue_images", "Images admitted but waiting for a row", registry=r)
+        self.active_images = Gauge("ddpm_active_images", "Images being sampled now", registry=r)
+        self.model_info = Gauge(
+            "ddpm_model_info", "The loaded model (value 1)",
+            ["name", "image_size", "channels", "classes", "timesteps", "device", "dtype"], registry=r)

@@ -1,0 +1,57 @@
+"""Server settings, from environment variables prefixed ``DDPM_`` (pydantic-settings).
+
+Every bound the server enforces is here, and ``GET /v1/model`` shows them all.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="DDPM_", extra="ignore")
+
+    # The model
+    checkpoint: Path | None = Field(None, description="a .safetensors checkpoint; empty: the embedded digits model")
+    device: str = Field("auto", description="auto (CUDA when present, else CPU), cpu, cuda, cuda:N")
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field(
+        "auto", description="network precision; auto: bf16 on a GPU, fp32 on a CPU")
+    compile: bool = Field(False, description="torch.compile the network (slower start, faster steps)")
+    threads: int | None = Field(None, ge=1, description="CPU threads for the network; empty: torch's default")
+
+    # The engine
+    max_batch: int = Field(64, ge=1, le=4096, description="rows (images) per network call")
+    max_queue_images: int = Field(256, ge=0, description="images waiting for a row before 429")
+    max_images_per_request: int = Field(16, ge=1, description="largest n of one request")
+    max_steps: int | None = Field(None, ge=1, description="largest steps of one request; empty: the model's T")
+    default_steps: int | None = Field(None, ge=1, description="empty: the checkpoint's default")
+    default_sampler: str | None = Field(None, description="empty: the checkpoint's default")
+    max_guidance: float = Field(50.0, ge=0, description="largest classifier-free guidance weight")
+    request_timeout_s: float = Field(300.0, gt=0, description="deadline of a request; a request may ask for less")
+    drain_timeout_s: float = Field(30.0, ge=0, description="on SIGTERM, how long in-flight requests may finish")
+    progress_interval_s: float = Field(0.05, ge=0, description="least time between two progress events of a stream")
+
+    # HTTP
+    host: str = "0.0.0.0"
+    port: int = Field(8000, ge=0, le=65535)
+    max_body_bytes: int = Field(16 * 1024, ge=256, description="request bodies above this get 413")
+    api_keys: str = Field("", description="comma-separated Bearer tokens; empty: no authentication")
+    log_format: Literal["text", "json"] = "text"
+    log_level: str = "info"
+
+    @field_validator("default_sampler")
+    @classmethod
+    def _known_sampler(cls, value: str | None) -> str | None:
+        from model.config import SAMPLERS
+
+        if value is not None and value not in SAMPLERS:
+            raise ValueError(f"default_sampler={value!r} is not one of {', '.join(SAMPLERS)}")
+        return value
+
+    @property
+    def keys(self) -> frozenset[str]:
+        return frozenset(k.strip() for k in self.api_keys.split(",") if k.strip())

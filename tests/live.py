@@ -1,0 +1,73 @@
+"""Running the app for tests: in-process uvicorn on 127.0.0.1, and models with controllable speed."""
+
+from __future__ import annotations
+
+import socket
+import threading
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import httpx
+import torch
+import uvicorn
+
+from app import Settings, create_app
+from model import DiffusionModel, load_checkpoint
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def slowed(model: DiffusionModel, seconds_per_call: float = 0.0,
+           fail: Callable[[torch.Tensor], bool] | None = None) -> DiffusionModel:
+    """Make every network call take at least ``seconds_per_call`` and raise when ``fail(x)`` says so."""
+    inner = model.denoiser
+
+    def denoise(x: torch.Tensor, t: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
+        start = time.perf_counter()
+        if fail is not None and fail(x):
+            raise RuntimeError("CUDA out of memory (simulated)")
+        out = inner(x, t, labels)
+        rest = seconds_per_call - (time.perf_counter() - start)
+        if rest > 0:
+            time.sleep(rest)
+        return out
+
+    model.denoiser = denoise  # type: ignore[assignment]
+    return model
+
+
+def wait_ready(client: httpx.Client, timeout: float = 30.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            if client.get("/readyz").status_code == 200:
+                return
+        except httpx.TransportError:
+            pass
+        time.sleep(0.02)
+    raise TimeoutError("server did not become ready")
+
+
+@contextmanager
+def live_server(checkpoint: Path, *, model: DiffusionModel | None = None, **settings: object) -> Iterator[str]:
+    """A real uvicorn server in a thread; yields its base URL once /readyz says ready."""
+    app = create_app(Settings(checkpoint=checkpoint, **settings),  # type: ignore[arg-type]
+                     model=model or load_checkpoint(checkpoint, device="cpu"))
+    port = free_port()
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    url = f"http://127.0.0.1:{port}"
+    try:
+        with httpx.Client(base_url=url, timeout=10) as client:
+            wait_ready(client)
+        yield url
+    finally:
+        server.should_exit = True
+        thread.join(10)
