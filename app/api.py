@@ -270,6 +270,15 @@ def create_app(settings: Settings | None = None, *, model: DiffusionModel | None
     async def model_card() -> dict[str, Any]:
         return service.card()
 
+    @app.get("/v1/schedule", summary="The noise schedule: alpha-bar_t for t in [0, T)",
+             dependencies=[Depends(authorize)])
+    async def schedule() -> dict[str, Any]:
+        """q(x_t | x_0) = N(sqrt(abar_t) x_0, (1 - abar_t) I) (eq. 4): enough for a client to show the
+        forward process on any image without another round trip per t."""
+        return {"timesteps": service.config.diffusion.num_timesteps,
+                "schedule": service.config.diffusion.schedule,
+                "alphas_cumprod": service.alphas_cumprod}
+
     @app.get("/", include_in_schema=False)
     async def index() -> FileResponse:
         return FileResponse(STATIC / "index.html")

@@ -14,7 +14,7 @@ from typing import Any
 
 import torch
 
-from model import DiffusionModel, RowSpec, load_checkpoint, read_config, resolve_device
+from model import DiffusionModel, NoiseSchedule, RowSpec, load_checkpoint, read_config, resolve_device
 from model.pipeline import EMBEDDED_CHECKPOINT
 from model.unet import count_parameters
 
@@ -50,6 +50,7 @@ class Service:
         self.max_steps = min(settings.max_steps or T, T)
         self.default_steps = min(settings.default_steps or self.config.sampling.steps, self.max_steps)
         self.default_sampler = settings.default_sampler or self.config.sampling.sampler
+        self.alphas_cumprod = NoiseSchedule.from_config(self.config.diffusion).f64.alphas_cumprod.tolist()
 
     # ---- start-up ----
 

@@ -117,6 +117,9 @@ def test_health_readiness_model_card_docs_and_page(client: httpx.Client) -> None
     assert card["samplers"] == ["ddpm", "ddim", "dpmpp_2m"]
     assert card["limits"]["max_images_per_request"] == 6 and card["limits"]["max_batch"] == 8
     assert card["parameters"] > 1000 and card["dtype"] == "float32"
+    schedule = client.get("/v1/schedule").json()
+    assert schedule["timesteps"] == 100 and len(schedule["alphas_cumprod"]) == 100
+    assert schedule["alphas_cumprod"][0] == pytest.approx(1 - 1e-4) and np.all(np.diff(schedule["alphas_cumprod"]) < 0)
     spec = client.get("/openapi.json").json()
     n_schema = spec["components"]["schemas"]["GenerateRequestBody"]["properties"]["n"]
     assert n_schema["maximum"] == 6  # the schema shows the configured bound
