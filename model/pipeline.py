@@ -76,7 +76,7 @@ class DiffusionModel:
             clip=self.config.diffusion.clip_denoised,
             capacity=capacity,
             max_steps=max_steps or self.config.diffusion.num_timesteps,
-            null_label=self.unet.null_label if self.unet.conditional else None,
+            null_label=self.unet.null_label,
             device=self.device,
         )
 

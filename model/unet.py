@@ -90,10 +90,9 @@ class UNet(nn.Module):
         return self.class_embed is not None
 
     @property
-    def null_label(self) -> int:
-        """The label that means "no class" (classifier-free guidance's unconditional branch)."""
-        if self.config.num_classes is None:
-            raise ValueError("an unconditional network has no labels")
+    def null_label(self) -> int | None:
+        """The label that means "no class" (classifier-free guidance's unconditional branch);
+        None for an unconditional network, which takes no labels at all."""
         return self.config.num_classes
 
     def forward(self, x: torch.Tensor, t: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
@@ -106,7 +105,7 @@ class UNet(nn.Module):
         emb = self.time_embed(emb)
         if self.class_embed is not None:
             if labels is None:
-                labels = torch.full_like(t, self.null_label)
+                labels = torch.full_like(t, self.config.num_classes or 0)
             emb = emb + self.class_embed(labels)
         elif labels is not None:
             raise ValueError("labels were given to an unconditional network")
