@@ -8,14 +8,17 @@ up, on a background thread so that ``/healthz`` answers while ``/readyz`` still 
 from __future__ import annotations
 
 import logging
+import os
 import threading
 import time
 from typing import Any
 
 import torch
 
-from model import DiffusionModel, NoiseSchedule, RowSpec, load_checkpoint, read_config, resolve_device
+from model import DiffusionModel, NoiseSchedule, RowSpec, load_checkpoint, read_config, resolve_device, resolve_dtype
+from model.device import configure_threads, rows_that_fit
 from model.pipeline import EMBEDDED_CHECKPOINT
+from model.runner import Denoiser, default_buckets
 from model.unet import count_parameters
 
 from .engine import Engine
@@ -23,15 +26,6 @@ from .metrics import Metrics
 from .settings import Settings
 
 log = logging.getLogger("ddpm.service")
-
-
-def resolve_dtype(name: str, device: torch.device) -> torch.dtype:
-    """"auto": bf16 on a GPU that has it (fp16 on one that does not), fp32 on a CPU."""
-    if name == "auto":
-        if device.type == "cuda":
-            return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-        return torch.float32
-    return {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[name]
 
 
 class Service:
@@ -46,6 +40,8 @@ class Service:
         self.draining = False
         self.load_error: str | None = None
         self.load_seconds: float | None = None
+        self.warmup_seconds: float | None = None
+        self.max_batch = settings.max_batch or 64  # final once the model is on its device
         T = self.config.diffusion.num_timesteps
         self.max_steps = min(settings.max_steps or T, T)
         self.default_steps = min(settings.default_steps or self.config.sampling.steps, self.max_steps)
@@ -60,21 +56,33 @@ class Service:
     def _load(self) -> None:
         try:
             start = time.perf_counter()
-            if self.settings.threads:
-                torch.set_num_threads(self.settings.threads)
+            s = self.settings
             if self.model is None:
-                device = resolve_device(self.settings.device)
-                self.model = load_checkpoint(
-                    self.checkpoint, device=device, dtype=resolve_dtype(self.settings.dtype, device))
+                configure_threads(s.threads)
+                device = resolve_device(s.device)
+                dtype = resolve_dtype(s.dtype, device)
+                # channels_last pays off where oneDNN or cuDNN pick channels-last kernels: bf16 on a
+                # CPU and everything on a GPU (bench/unet.py measures it).
+                channels_last = s.channels_last if s.channels_last is not None else (
+                    device.type == "cuda" or dtype != torch.float32)
+                self.model = load_checkpoint(self.checkpoint, device=device, dtype=dtype, channels_last=channels_last)
+            model = self.model
+            self.max_batch = s.max_batch or self._default_max_batch(model)
+            if s.compile:
+                if s.compile_cache_dir:
+                    os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", str(s.compile_cache_dir))
+                rows = self.max_batch * (2 if model.config.num_classes else 1)  # guidance doubles rows
+                model.denoiser = Denoiser(model.unet, dtype=model.dtype, channels_last=model.denoiser.channels_last,
+                                          compile=True, buckets=default_buckets(rows))
             self.engine = Engine(
-                self.model,
-                max_batch=self.settings.max_batch,
-                max_queue_images=self.settings.max_queue_images,
+                model,
+                max_batch=self.max_batch,
+                max_queue_images=s.max_queue_images,
                 metrics=self.metrics,
-                progress_interval_s=self.settings.progress_interval_s,
+                progress_interval_s=s.progress_interval_s,
                 max_steps=self.max_steps,
             )
-            self._warm_up(self.model)
+            self._warm_up(model)
             self.engine.start()
             self.load_seconds = time.perf_counter() - start
             self._publish_info(self.model)
@@ -85,8 +93,25 @@ class Service:
             self.load_error = f"{type(exc).__name__}: {exc}"
             log.exception("loading the model failed")
 
+    def _default_max_batch(self, model: DiffusionModel) -> int:
+        if model.device.type != "cuda":
+            return 64
+        c = model.config
+        shape = (c.channels, c.image_size, c.image_size)
+
+        def probe(rows: int) -> None:
+            model.denoiser(torch.zeros((rows, *shape), device=model.device),
+                           torch.zeros(rows, dtype=torch.long, device=model.device),
+                           torch.zeros(rows, dtype=torch.long, device=model.device) if c.num_classes else None)
+
+        fit = rows_that_fit(probe, model.device)
+        return max(1, fit // (2 if c.num_classes else 1))
+
     def _warm_up(self, model: DiffusionModel) -> None:
         """Run every code path once (allocations, kernels, compiled graphs) before reporting ready."""
+        c = model.config
+        self.warmup_seconds = model.denoiser.warm_up((c.channels, c.image_size, c.image_size),
+                                                     conditional=c.num_classes is not None)
         batch = model.row_batch(2, max_steps=2)
         labels = [0, None] if model.config.num_classes else [None, None]
         for seed, label in enumerate(labels):
@@ -135,13 +160,21 @@ class Service:
             "parameters": count_parameters(model.unet) if model else None,
             "device": str(model.device) if model else None,
             "dtype": str(model.dtype).removeprefix("torch.") if model else None,
+            "runner": {
+                "channels_last": model.denoiser.channels_last,
+                "compiled": model.denoiser.compiled,
+                "buckets": model.denoiser.buckets,
+                "threads": torch.get_num_threads(),
+                "warmup_seconds": self.warmup_seconds,
+                "load_seconds": self.load_seconds,
+            } if model else None,
             "samplers": ["ddpm", "ddim", "dpmpp_2m"],
             "defaults": {"sampler": self.default_sampler, "steps": self.default_steps, "eta": c.sampling.eta,
                          "guidance": c.sampling.guidance, "spacing": c.sampling.spacing},
             "limits": {
                 "max_images_per_request": s.max_images_per_request,
                 "max_steps": self.max_steps,
-                "max_batch": s.max_batch,
+                "max_batch": self.max_batch,
                 "max_queue_images": s.max_queue_images,
                 "max_guidance": s.max_guidance,
                 "request_timeout_s": s.request_timeout_s,

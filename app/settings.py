@@ -20,11 +20,16 @@ class Settings(BaseSettings):
     device: str = Field("auto", description="auto (CUDA when present, else CPU), cpu, cuda, cuda:N")
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field(
         "auto", description="network precision; auto: bf16 on a GPU, fp32 on a CPU")
-    compile: bool = Field(False, description="torch.compile the network (slower start, faster steps)")
-    threads: int | None = Field(None, ge=1, description="CPU threads for the network; empty: torch's default")
+    channels_last: bool | None = Field(None, description="channels_last memory format; empty: auto")
+    compile: bool = Field(False, description="torch.compile the network, one graph per batch bucket "
+                                             "(slower start, faster steps)")
+    compile_cache_dir: Path | None = Field(None, description="where compiled kernels are cached across restarts")
+    threads: int | None = Field(None, ge=1, description="CPU threads for the network; empty: the CPUs this "
+                                                        "process may use (affinity and cgroup quota)")
 
     # The engine
-    max_batch: int = Field(64, ge=1, le=4096, description="rows (images) per network call")
+    max_batch: int | None = Field(None, ge=1, le=4096, description="rows (images) per network call; "
+                                  "empty: 64 on a CPU, what free memory holds on a GPU")
     max_queue_images: int = Field(256, ge=0, description="images waiting for a row before 429")
     max_images_per_request: int = Field(16, ge=1, description="largest n of one request")
     max_steps: int | None = Field(None, ge=1, description="largest steps of one request; empty: the model's T")

@@ -13,7 +13,8 @@ from .config import (
     SamplingConfig,
     UNetConfig,
 )
-from .pipeline import EMBEDDED_CHECKPOINT, MAX_SEED, DiffusionModel, load_checkpoint, resolve_device
+from .device import resolve_device, resolve_dtype
+from .pipeline import EMBEDDED_CHECKPOINT, MAX_SEED, DiffusionModel, load_checkpoint
 from .samplers import SamplerPlan, build_plan, select_timesteps
 from .schedule import NoiseSchedule, make_betas
 from .unet import UNet
@@ -41,6 +42,7 @@ __all__ = [
     "read_checkpoint",
     "read_config",
     "resolve_device",
+    "resolve_dtype",
     "save_checkpoint",
     "select_timesteps",
 ]

@@ -14,6 +14,7 @@ from tqdm import tqdm
 from .batch import RowBatch, RowSpec
 from .checkpoint import build_unet, read_checkpoint
 from .config import ModelConfig
+from .device import resolve_device, resolve_dtype
 from .runner import Denoiser
 from .samplers import SamplerPlan, build_plan
 from .schedule import NoiseSchedule
@@ -21,13 +22,6 @@ from .unet import UNet
 
 EMBEDDED_CHECKPOINT = Path(__file__).resolve().parent / "embedded" / "digits.safetensors"
 MAX_SEED = 2**63 - 1
-
-
-def resolve_device(device: str | torch.device = "auto") -> torch.device:
-    """"auto" is CUDA when there is one, else the CPU."""
-    if str(device) == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(device)
 
 
 class DiffusionModel:
@@ -39,16 +33,18 @@ class DiffusionModel:
         unet: UNet,
         *,
         device: str | torch.device = "auto",
-        dtype: torch.dtype = torch.float32,
+        dtype: str | torch.dtype = torch.float32,
         channels_last: bool = False,
+        compile: bool = False,
         buckets: Sequence[int] | None = None,
     ) -> None:
         self.config = config
         self.device = resolve_device(device)
         self.unet = unet.to(self.device).eval()
         self.schedule = NoiseSchedule.from_config(config.diffusion, self.device)
-        self.dtype = dtype
-        self.denoiser = Denoiser(self.unet, dtype=dtype, channels_last=channels_last, buckets=buckets)
+        self.dtype = resolve_dtype(dtype, self.device)
+        self.denoiser = Denoiser(self.unet, dtype=self.dtype, channels_last=channels_last, compile=compile,
+                                 buckets=buckets)
 
     @property
     def image_shape(self) -> tuple[int, int, int]:
@@ -141,12 +137,18 @@ def load_checkpoint(
     path: str | os.PathLike[str] | None = None,
     *,
     device: str | torch.device = "auto",
-    dtype: torch.dtype = torch.float32,
+    dtype: str | torch.dtype = torch.float32,
     channels_last: bool = False,
+    compile: bool = False,
     buckets: Sequence[int] | None = None,
 ) -> DiffusionModel:
-    """Rebuild a model from a checkpoint file alone (the embedded digits model when ``path`` is None)."""
+    """Rebuild a model from a checkpoint file alone (the embedded digits model when ``path`` is None).
+
+    ``dtype`` may be "auto" (see ``model.device.resolve_dtype``); ``compile`` pads batches to
+    ``buckets`` and compiles one graph per bucket (``Denoiser.warm_up`` builds them all).
+    """
     path = EMBEDDED_CHECKPOINT if path is None else Path(path)
     config, tensors = read_checkpoint(path)
     unet = build_unet(config, tensors, path)
-    return DiffusionModel(config, unet, device=device, dtype=dtype, channels_last=channels_last, buckets=buckets)
+    return DiffusionModel(config, unet, device=device, dtype=dtype, channels_last=channels_last,
+                          compile=compile, buckets=buckets)

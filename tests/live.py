@@ -8,6 +8,7 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 import httpx
 import torch
@@ -23,22 +24,30 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def slowed(model: DiffusionModel, seconds_per_call: float = 0.0,
-           fail: Callable[[torch.Tensor], bool] | None = None) -> DiffusionModel:
-    """Make every network call take at least ``seconds_per_call`` and raise when ``fail(x)`` says so."""
-    inner = model.denoiser
+class _Slowed:
+    """A Denoiser stand-in: the real one, plus a floor on each call's time and injected failures."""
 
-    def denoise(x: torch.Tensor, t: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
+    def __init__(self, inner: Any, seconds: float, fail: Callable[[torch.Tensor], bool] | None) -> None:
+        self.inner, self.seconds, self.fail = inner, seconds, fail
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.inner, name)
+
+    def __call__(self, x: torch.Tensor, t: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
         start = time.perf_counter()
-        if fail is not None and fail(x):
+        if self.fail is not None and self.fail(x):
             raise RuntimeError("CUDA out of memory (simulated)")
-        out = inner(x, t, labels)
-        rest = seconds_per_call - (time.perf_counter() - start)
+        out = self.inner(x, t, labels)
+        rest = self.seconds - (time.perf_counter() - start)
         if rest > 0:
             time.sleep(rest)
         return out
 
-    model.denoiser = denoise  # type: ignore[assignment]
+
+def slowed(model: DiffusionModel, seconds_per_call: float = 0.0,
+           fail: Callable[[torch.Tensor], bool] | None = None) -> DiffusionModel:
+    """Make every network call take at least ``seconds_per_call`` and raise when ``fail(x)`` says so."""
+    model.denoiser = _Slowed(model.denoiser, seconds_per_call, fail)  # type: ignore[assignment]
     return model
 
 
