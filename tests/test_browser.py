@@ -1,0 +1,344 @@
+"""The web page at ``GET /``, in a real browser: Debian's Chromium driven by Selenium, against a
+real ``ddpm serve`` on loopback (the tiny checkpoint, with an API key so the 401 path runs too).
+
+``DDPM_PAGE_SCREENSHOT=docs/images/page.png pytest tests/test_browser.py`` also writes the final
+screenshot there (that is how the committed one is made); ``DDPM_BROWSER_CHECKPOINT`` serves
+another checkpoint instead of the tiny one.
+"""
+
+from __future__ import annotations
+
+import base64
+import io
+import json
+import os
+import re
+import shutil
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import numpy as np
+import pytest
+from PIL import Image, ImageSequence
+
+from .test_process import serve_process
+
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+CHROMEDRIVER = shutil.which("chromedriver")
+try:
+    from selenium import webdriver
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.common.keys import Keys
+    from selenium.webdriver.support.ui import Select, WebDriverWait
+except ImportError:  # pragma: no cover - the skip below says why
+    webdriver = None  # type: ignore[assignment]
+
+MISSING = [what for what, ok in (("selenium (pip: the test extra)", webdriver is not None),
+                                 ("chromium (apt-get install chromium)", CHROMIUM),
+                                 ("chromedriver (apt-get install chromium-driver)", CHROMEDRIVER)) if not ok]
+pytestmark = [
+    pytest.mark.slow,
+    pytest.mark.timeout(120),
+    pytest.mark.skipif(bool(MISSING), reason=f"no browser to test the page in: missing {', '.join(MISSING)}"),
+]
+
+KEY = "browser-test-key"
+SEED = 2**63 - 2  # the largest n = 2 may use
+AUTH = {"Authorization": f"Bearer {KEY}"}
+# Chromium on a machine without a network: no sandbox as root, no GPU, and none of the
+# background connections (updates, sync, QUIC probes) that a closed network refuses.
+CHROMIUM_FLAGS = ("--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                  "--disable-background-networking", "--disable-component-update", "--disable-sync",
+                  "--disable-dev-shm-usage", "--force-device-scale-factor=1", "--window-size=1280,1000", "--lang=en")
+
+
+@pytest.fixture(scope="module")
+def server(tiny_checkpoint: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    checkpoint = Path(os.environ.get("DDPM_BROWSER_CHECKPOINT") or tiny_checkpoint)
+    log = tmp_path_factory.mktemp("serve") / "serve.log"
+    with serve_process(checkpoint, log, api_keys=KEY, max_batch="8") as (url, _):
+        yield url
+
+
+@pytest.fixture(scope="module")
+def downloads(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("downloads")
+
+
+@pytest.fixture(scope="module")
+def browser(tmp_path_factory: pytest.TempPathFactory, downloads: Path) -> Iterator[Any]:
+    from selenium.webdriver.chrome.options import Options
+    from selenium.webdriver.chrome.service import Service
+
+    profile = tmp_path_factory.mktemp("chromium-profile")
+    options = Options()
+    options.binary_location = str(CHROMIUM)
+    for flag in (*CHROMIUM_FLAGS, f"--user-data-dir={profile}"):
+        options.add_argument(flag)
+    options.add_experimental_option("prefs", {"download.default_directory": str(downloads),
+                                              "download.prompt_for_download": False})
+    options.set_capability("goog:loggingPrefs", {"browser": "ALL"})
+    # Both paths given: Selenium Manager has nothing to look up (it would try the network).
+    service = Service(executable_path=str(CHROMEDRIVER), log_output=str(profile.parent / "chromedriver.log"))
+    driver = webdriver.Chrome(options=options, service=service)
+    try:
+        driver.set_script_timeout(20)
+        driver.execute_cdp_cmd("Browser.setDownloadBehavior", {"behavior": "allow", "downloadPath": str(downloads)})
+        yield driver
+    finally:
+        try:
+            driver.quit()  # ends Chromium, then chromedriver
+        finally:
+            service.stop()  # a no-op after a clean quit; kills chromedriver when quit failed
+
+
+def js(driver: Any, expression: str, *args: Any) -> Any:
+    return driver.execute_script(f"return {expression};", *args)
+
+
+def wait(driver: Any, expression: str, timeout: float = 30.0) -> Any:
+    """Waits until the JavaScript expression is truthy; the failure names it and the page's errors."""
+    try:
+        return WebDriverWait(driver, timeout, poll_frequency=0.05).until(lambda d: js(d, expression))
+    except Exception as exc:
+        errors = js(driver, "document.getElementById('errors')?.innerText")
+        console = [entry["message"] for entry in driver.get_log("browser")]
+        raise AssertionError(f"waiting for {expression!r}; page errors: {errors!r}; console: {console}") from exc
+
+
+def module_call(driver: Any, module: str, body: str, *args: Any) -> Any:
+    """Imports one of the page's modules as ``m`` and returns what ``body`` (an expression, which
+    may use ``args``) gives."""
+    result = driver.execute_async_script(
+        f"const done = arguments[arguments.length - 1], args = [...arguments].slice(0, -1);"
+        f"import('/static/{module}').then((m) => done({{ok: {body}}})).catch((e) => done({{error: String(e)}}));",
+        *args)
+    assert "error" not in result, result["error"]
+    return result["ok"]
+
+
+def decode_data_url(src: str) -> np.ndarray:
+    assert src.startswith("data:image/png;base64,")
+    return np.asarray(Image.open(io.BytesIO(base64.b64decode(src.split(",", 1)[1]))).convert("L"))
+
+
+def wait_file(folder: Path, pattern: str, timeout: float = 10.0) -> Path:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        found = [p for p in folder.glob(pattern) if not p.name.endswith(".crdownload")]
+        if found:
+            return found[0]
+        time.sleep(0.05)
+    raise AssertionError(f"no download matching {pattern} in {sorted(p.name for p in folder.iterdir())}")
+
+
+def test_gif_encoder_output_decodes_with_pillow(browser: Any, server: str) -> None:
+    """The page's own GIF89a encoder, run in the browser, read back by an independent decoder."""
+    browser.get(server + "/")
+    # Frame 1 is noise over 256 colours, big enough that the LZW table fills and is reset;
+    # frame 2 is a gradient. The palette has 256 entries whose RGB encodes the index.
+    width, height = 96, 80
+    rng = np.random.default_rng(0)
+    frames = [rng.integers(0, 256, width * height), np.arange(width * height) % 251]
+    palette = np.stack([np.arange(256), 255 - np.arange(256), (np.arange(256) * 7) % 256], axis=1)
+    encode = ("btoa(String.fromCharCode(...m.encodeGif({width: args[0], height: args[1],"
+              " palette: new Uint8Array(args[2]), frames: args[3].map((f) => new Uint8Array(f)), delays: args[4]})))")
+    encoded = module_call(browser, "gif.js", encode, width, height, palette.ravel().tolist(),
+                          [f.tolist() for f in frames], [7, 150])
+    gif = Image.open(io.BytesIO(base64.b64decode(encoded)))
+    assert gif.format == "GIF" and gif.size == (width, height) and gif.info["loop"] == 0
+    decoded = [(np.asarray(f.convert("RGB")), f.info["duration"]) for f in ImageSequence.Iterator(gif)]
+    assert [d for _, d in decoded] == [70, 1500]
+    for (rgb, _), indices in zip(decoded, frames, strict=True):
+        assert np.array_equal(rgb.reshape(-1, 3), palette[indices])
+    # A 3-colour palette is padded to 4 entries, with 2-bit LZW codes: the smallest case.
+    small = module_call(browser, "gif.js", encode, 3, 2, [255, 0, 0, 0, 255, 0, 0, 0, 255], [[0, 1, 2, 2, 1, 0]], [10])
+    tiny = np.asarray(Image.open(io.BytesIO(base64.b64decode(small))).convert("RGB"))
+    assert tiny[0].tolist() == [[255, 0, 0], [0, 255, 0], [0, 0, 255]] and tiny[1, 0].tolist() == [0, 0, 255]
+
+
+def test_sse_parser_splits_events_wherever_the_chunks_break(browser: Any, server: str) -> None:
+    """The stream's bytes arrive in arbitrary pieces: every split of the same text parses alike."""
+    browser.get(server + "/")
+    text = ('event: queued\r\ndata: {"position":0}\r\n\r\n: keep-alive\n\n'
+            'event: progress\ndata: {"step":1,\ndata: "steps":2}\n\n'
+            'data:{"plain":true}\r\r'
+            'event: done\ndata: {"ok":1}\n\n'
+            'event: cut\ndata: {"never":"finished"}\n')
+    parsed = module_call(browser, "sse.js", """(() => {
+        const text = args[0], runs = [];
+        for (let cut = 0; cut <= text.length; cut++) {
+          const p = new m.SSEParser();
+          runs.push(JSON.stringify([...p.feed(text.slice(0, cut)), ...p.feed(text.slice(cut))]));
+        }
+        const bytes = new m.SSEParser();  // one character at a time
+        runs.push(JSON.stringify([...text].flatMap((c) => bytes.feed(c))));
+        return runs; })()""", text)
+    assert len(set(parsed)) == 1
+    assert json.loads(parsed[0]) == [
+        {"event": "queued", "data": '{"position":0}'},
+        {"event": "progress", "data": '{"step":1,\n"steps":2}'},  # data lines join with a newline
+        {"event": "message", "data": '{"plain":true}'},  # no event field; CR alone ends lines too
+        {"event": "done", "data": '{"ok":1}'},
+    ]  # and the last event, never ended by a blank line, is not delivered
+
+
+def test_page_generates_shows_both_chains_and_server_errors(
+    browser: Any, server: str, downloads: Path, tmp_path: Path
+) -> None:
+    started = time.monotonic()
+    api = httpx.Client(base_url=server, headers=AUTH, timeout=30)
+    card = api.get("/v1/model").json()
+    size, limits = card["image_size"], card["limits"]
+
+    def by_id(element_id: str) -> Any:
+        return browser.find_element(By.ID, element_id)
+
+    # 1. /v1/model answers 401 without the key: the page asks for one, and the key (typed, Enter) works.
+    browser.get(server + "/")
+    wait(browser, "document.body.dataset.state === 'auth'")
+    assert by_id("auth-form").is_displayed()
+    assert "missing or invalid API key" in by_id("errors").text and "401" in by_id("errors").text
+    by_id("api-key").send_keys(KEY, Keys.ENTER)
+    wait(browser, "document.body.dataset.state === 'ready'")
+    assert by_id("errors").text == ""
+
+    # The form's bounds and choices come from the model card.
+    assert by_id("steps").get_attribute("max") == str(limits["max_steps"])
+    assert by_id("n").get_attribute("max") == str(limits["max_images_per_request"])
+    assert by_id("steps").get_attribute("value") == str(card["defaults"]["steps"])
+    labels = [o.text for o in Select(by_id("label")).options]
+    assert len(labels) == card["num_classes"] + 1 and labels[0].startswith("none")
+    assert [o.get_attribute("value") for o in Select(by_id("sampler")).options] == card["samplers"]
+    # Every control has a label.
+    assert js(browser, "[...document.querySelectorAll('input, select')].filter((e) => !e.labels.length)"
+                       ".map((e) => e.id)") == []
+
+    # 2. Bounds broken on purpose (the browser's own checks switched off): the server's 422
+    #    messages, each of them, word for word.
+    browser.execute_script("document.getElementById('generate-form').noValidate = true;"
+                           "document.getElementById('steps').value = arguments[0];"
+                           "document.getElementById('guidance').value = arguments[1];",
+                           limits["max_steps"] + 1, limits["max_guidance"] + 1)
+    by_id("generate").click()
+    wait(browser, "document.body.dataset.run === 'failed'")
+    expected = api.post("/generate", json={"steps": limits["max_steps"] + 1, "guidance": limits["max_guidance"] + 1})
+    assert expected.status_code == 422
+    messages = [e["msg"] for e in expected.json()["detail"]]
+    assert len(messages) == 2 and any("steps" in m for m in messages) and any("guidance" in m for m in messages)
+    assert [li.text for li in by_id("errors").find_elements(By.TAG_NAME, "li")] == messages
+    assert by_id("errors").get_attribute("data-status") == "422" and "HTTP 422" in by_id("errors").text
+
+    # 3. A valid request, submitted from the keyboard: two images of class 3. The seeds are the
+    #    largest two, past 2^53, where a JavaScript number would silently round them.
+    browser.execute_script("document.getElementById('generate-form').noValidate = false;")
+    for element_id, value in (("n", "2"), ("steps", "10"), ("guidance", str(card["defaults"]["guidance"]))):
+        by_id(element_id).clear()
+        by_id(element_id).send_keys(value)
+    Select(by_id("label")).select_by_value("3")
+    by_id("seed").send_keys(str(SEED), Keys.ENTER)
+    wait(browser, "document.body.dataset.run === 'done'")
+    assert by_id("errors").text == ""
+    progress_events = int(by_id("progress-box").get_attribute("data-events"))
+    assert progress_events > 0
+    assert re.fullmatch(r"Step \d+ of 10 · \d of 2 images done", by_id("progress-box").get_attribute("data-step-text"))
+    assert by_id("status").text.startswith("Done: 2 images")
+
+    # 4. Same seed, more steps: a second stream, the steps doubled, the seed kept.
+    more = by_id("more-steps")
+    assert more.is_enabled() and more.text == "Same seed, 20 steps"
+    more.click()  # the click starts the run before it returns: 'done' below is the new run's
+    wait(browser, "document.body.dataset.run === 'done'")
+    assert by_id("steps").get_attribute("value") == "20" and by_id("seed").get_attribute("value") == str(SEED)
+    assert re.fullmatch(r"Step \d+ of 20.*", by_id("progress-box").get_attribute("data-step-text"))
+
+    # The images: decoded by the browser at the model's size, exactly the server's images for
+    # the same request (so every field went through), with their seeds in the alt text.
+    images = js(browser, "[...document.querySelectorAll('#results img')].map((i) => "
+                         "({w: i.naturalWidth, h: i.naturalHeight, alt: i.alt, src: i.src}))")
+    assert [(i["w"], i["h"]) for i in images] == [(size, size)] * 2
+    assert f"seed {SEED}," in images[0]["alt"] and f"seed {SEED + 1}," in images[1]["alt"]
+    assert "class 3" in images[0]["alt"]
+    reference = api.post("/generate", json={"n": 2, "steps": 20, "seed": SEED, "label": 3,
+                                            "response_format": "base64"}).json()
+    assert [i["src"].split(",", 1)[1] for i in images] == [r["png_base64"] for r in reference["images"]]
+
+    # 5. The denoising chain: x0 predictions from the stream, then the final sample.
+    frames = js(browser, "[...document.querySelectorAll('figure.chain')].map((f) => "
+                         "[...f.querySelectorAll('img')].map((i) => [i.naturalWidth, i.src]))")
+    labels = js(browser, "[...document.querySelectorAll('figure.chain')].map((f) => "
+                         "[...f.querySelectorAll('li span')].map((s) => s.textContent))")
+    assert len(frames) == len(labels) == 2
+    for chain, names, final in zip(frames, labels, images, strict=True):
+        assert len(chain) == len(names) >= 4 and all(w == size for w, _ in chain)
+        assert chain[-1][1] == final["src"] and names[-1] == "final"
+        steps = [int(name.removeprefix("step ")) for name in names[:-1]]
+        assert steps == sorted(set(steps)) and steps[0] > 0 and steps[-1] < 20  # in order, from the stream
+
+    # Saved as a GIF (the page's encoder) and as a PNG strip, read back by Pillow.
+    chain0 = browser.find_element(By.CSS_SELECTOR, "figure.chain[data-index='0']")
+    chain0.find_element(By.XPATH, ".//button[.='Save as GIF']").click()
+    gif: Any = Image.open(wait_file(downloads, f"ddpm-chain-seed-{SEED}.gif"))
+    scale = max(1, 128 // size)
+    assert gif.n_frames == len(frames[0]) and gif.size == (size * scale, size * scale)
+    gif.seek(gif.n_frames - 1)
+    last = np.asarray(gif.convert("L"))[::scale, ::scale]
+    assert np.array_equal(last, decode_data_url(images[0]["src"]))
+    chain0.find_element(By.XPATH, ".//button[.='Save as PNG strip']").click()
+    strip = Image.open(wait_file(downloads, f"ddpm-chain-seed-{SEED}.png"))
+    small = max(1, 64 // size)
+    assert strip.size == (len(frames[0]) * size * small + (len(frames[0]) - 1) * 2, size * small)
+
+    # 6. The forward process, driven from the keyboard: at t = 0 the canvas is x_0 itself; at
+    #    t = T it is sqrt(abar_T) x_0 + sqrt(1 - abar_T) eps with the page's seeded noise.
+    assert by_id("forward-view").is_displayed()
+    assert len(Select(by_id("forward-source")).options) == 2
+    schedule = api.get("/v1/schedule").json()
+    T, abar = schedule["timesteps"], schedule["alphas_cumprod"]
+    canvas_pixels = ("(() => { const c = document.getElementById('forward-canvas');"
+                     " return Array.from(c.getContext('2d').getImageData(0, 0, c.width, c.height).data); })()")
+    slider = by_id("forward-t")
+    slider.send_keys(Keys.HOME)
+    wait(browser, "document.getElementById('forward-view').dataset.t === '0'", timeout=5)
+    x0 = decode_data_url(images[0]["src"]).astype(float)
+    at0 = np.array(js(browser, canvas_pixels)).reshape(size, size, 4)
+    assert np.array_equal(at0[..., 0], x0) and np.array_equal(at0[..., 0], at0[..., 2])
+    slider.send_keys(Keys.END)
+    wait(browser, f"document.getElementById('forward-view').dataset.t === '{T}'", timeout=5)
+    eps = np.array(module_call(browser, "forward.js", f"Array.from(m.gaussianNoise(0, {size * size}))"))
+    xt = np.sqrt(abar[-1]) * (x0 / 127.5 - 1) + np.sqrt(1 - abar[-1]) * eps.reshape(size, size)
+    expected_xt = np.clip(np.round((xt + 1) * 127.5), 0, 255)
+    at_t = np.array(js(browser, canvas_pixels)).reshape(size, size, 4)[..., 0]
+    assert np.abs(at_t - expected_xt).max() <= 1  # rounding of .5 may differ
+    assert np.abs(at_t - x0).mean() > 20  # and that is far from the image
+    assert f"t = {T} of {T}" in by_id("forward-caption").text
+    # The noise: reproducible per seed, different across seeds, standard normal.
+    stats = module_call(browser, "forward.js", (
+        "(() => { const a = m.gaussianNoise(7, 20000), b = m.gaussianNoise(7, 20000), c = m.gaussianNoise(8, 4);"
+        " const mean = a.reduce((s, v) => s + v, 0) / a.length;"
+        " const sd = Math.sqrt(a.reduce((s, v) => s + (v - mean) ** 2, 0) / a.length);"
+        " return {same: a.every((v, i) => v === b[i]), differs: c[0] !== a[0], mean, sd}; })()"))
+    assert stats["same"] and stats["differs"] and abs(stats["mean"]) < 0.03 and abs(stats["sd"] - 1) < 0.03
+    strip_labels = js(browser, "[...document.querySelectorAll('#forward-strip canvas')]"
+                               ".map((c) => c.getAttribute('aria-label'))")
+    assert len(strip_labels) == 8 and strip_labels[0].startswith("x_t at t = 0,") and f"t = {T}," in strip_labels[-1]
+    by_id("forward-t").send_keys(*[Keys.LEFT] * round(0.75 * T))  # back to about T/4, for the screenshot
+    wait(browser, f"document.getElementById('forward-view').dataset.t === '{T - round(0.75 * T)}'", timeout=10)
+
+    # Every image on the page says what it shows, and no script failed along the way (the
+    # browser logs the 401 and 422 answers as failed loads: those were meant).
+    assert js(browser, "[...document.querySelectorAll('img')].filter((i) => !i.alt).length") == 0
+    problems = [e["message"] for e in browser.get_log("browser")
+                if e["level"] == "SEVERE" and "Failed to load resource" not in e["message"]]
+    assert problems == []
+    assert time.monotonic() - started < 60
+
+    shot = base64.b64decode(browser.execute_cdp_cmd("Page.captureScreenshot",
+                                                    {"format": "png", "captureBeyondViewport": True})["data"])
+    (tmp_path / "page.png").write_bytes(shot)
+    if target := os.environ.get("DDPM_PAGE_SCREENSHOT"):
+        Path(target).parent.mkdir(parents=True, exist_ok=True)
+        Path(target).write_bytes(shot)
