@@ -55,11 +55,9 @@ COPY docker/requirements.py docker/
 RUN python docker/requirements.py pyproject.toml "${EXTRAS}" > /tmp/requirements.txt \
     && pip install --no-cache-dir -r /tmp/requirements.txt
 
-# The source, including the embedded model (model/embedded/*.safetensors, package data).
-COPY README.md cli.py ./
-COPY model/ model/
-COPY app/ app/
-COPY training/ training/
+# The source, including the embedded model (model/embedded/*.safetensors, package data): the
+# whole build context, which .dockerignore reduces to the packages, cli.py and the readme.
+COPY . .
 RUN pip install --no-cache-dir --no-deps --no-build-isolation . \
     && python -I -c "from model.pipeline import EMBEDDED_CHECKPOINT as p; \
 assert p.is_file(), f'{p} is missing: the image must embed the model'; print('embedded model:', p)"

@@ -12,7 +12,10 @@ from __future__ import annotations
 
 import sys
 
-import tomllib  # Python >= 3.11: the images run 3.12
+if sys.version_info >= (3, 11):  # the images run 3.12
+    import tomllib
+else:
+    import tomli as tomllib
 
 
 def requirements(pyproject: dict, extras: list[str]) -> list[str]:
