@@ -19,12 +19,13 @@ import json
 import os
 import re
 import shutil
+import signal
 import subprocess
 import sys
 import time
 from collections import Counter
 from collections.abc import Iterator
-from contextlib import ExitStack
+from contextlib import ExitStack, contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -359,16 +360,22 @@ class Balancer:
         return {entry["request_id"]: entry for entry in lines}
 
 
-@pytest.fixture(scope="module")
-def balancer(nginx_bin: str, replicas: dict[str, str], tmp_path_factory: pytest.TempPathFactory) -> Iterator[Balancer]:
-    """Debian's nginx running docker/nginx.conf in front of the two replicas."""
-    tmp = tmp_path_factory.mktemp("nginx")
+@contextmanager
+def running_balancer(nginx_bin: str, upstreams: dict[str, str], tmp: Path) -> Iterator[Balancer]:
+    """Debian's nginx running docker/nginx.conf, each compose replica name mapped to a base URL."""
     port = free_port()
     conf = tmp / "nginx.conf"
-    conf.write_text(nginx_for_loopback(NGINX_CONF.read_text(), {k: loopback(v) for k, v in replicas.items()},
+    conf.write_text(nginx_for_loopback(NGINX_CONF.read_text(), {k: loopback(v) for k, v in upstreams.items()},
                                        port, tmp))
     with daemons.nginx(nginx_bin, conf, tmp, port) as url:
         yield Balancer(url, tmp / "nginx.log")
+
+
+@pytest.fixture(scope="module")
+def balancer(nginx_bin: str, replicas: dict[str, str], tmp_path_factory: pytest.TempPathFactory) -> Iterator[Balancer]:
+    """nginx in front of the two replicas."""
+    with running_balancer(nginx_bin, replicas, tmp_path_factory.mktemp("nginx")) as running:
+        yield running
 
 
 def generation_counts(url: str) -> Counter[str]:
@@ -476,45 +483,77 @@ def test_nginx_spreads_requests_by_least_connections_and_streams_events_unbuffer
     wait_idle(replicas)
 
 
+def assert_rejections_pass_through(balancer: Balancer, rejecting: str, serving: str, status: int,
+                                   detail: str, tag: str) -> None:
+    """Through nginx, requests that reach ``rejecting`` come back with its ``status``, Retry-After
+    and JSON detail, and are not retried on ``serving``, which answers the others."""
+    before = {url: generation_counts(url) for url in (rejecting, serving)}
+    with httpx.Client(base_url=balancer.url, timeout=60) as client:
+        # Neither replica has a request from nginx in flight: least_conn lets them take turns.
+        responses = [client.post("/generate", json={**SHORT, "seed": i}, headers={"X-Request-ID": f"{tag}-{i}"})
+                     for i in range(6)]
+    after = {url: generation_counts(url) for url in (rejecting, serving)}
+    statuses = Counter(r.status_code for r in responses)
+    assert set(statuses) == {200, status}, (statuses, {k: after[k] - before[k] for k in after})
+    log = balancer.access_log()
+    for i, r in enumerate(responses):
+        assert r.headers["x-request-id"] == f"{tag}-{i}"  # one ID from client to replica and back
+        if r.status_code == status:
+            assert int(r.headers["retry-after"]) >= 1
+            assert r.headers["content-type"] == "application/json"
+            assert r.json()["detail"].startswith(detail), r.json()
+        else:
+            assert r.headers["content-type"] == "image/png"
+        # nginx's log: one upstream per request, the replica that answered.
+        entry = log[f"{tag}-{i}"]
+        expected = loopback(rejecting if r.status_code == status else serving)
+        assert (entry["status"], entry["upstream"]) == (r.status_code, expected), entry
+    # Each request reached exactly one replica: every rejection is the rejecting one's, every 200
+    # the other's. A retry elsewhere would show as more 200s and fewer rejections.
+    assert after[rejecting] - before[rejecting] == Counter({str(status): statuses[status]})
+    assert after[serving] - before[serving] == Counter({"200": statuses[200]})
+
+
 @pytest.mark.slow
 @pytest.mark.timeout(120)
 def test_nginx_passes_a_replicas_429_with_retry_after_and_does_not_retry_it(
         balancer: Balancer, replicas: dict[str, str]) -> None:
     wait_idle(replicas)
-    tiny, big = replicas[TINY_REPLICA], replicas[REPLICA]
+    tiny = replicas[TINY_REPLICA]
     # Fill the tiny replica directly (nginx does not see this connection): its one row runs a
     # 1000-step request, and it has no queue.
     with httpx.Client(timeout=60) as direct, direct.stream("POST", f"{tiny}/generate/stream", json=LONG) as stream:
         saturating = EventStream(stream)  # held: dropping it would close the stream, and free the row
         saturating.until("progress")
-        before = {TINY_REPLICA: generation_counts(tiny), REPLICA: generation_counts(big)}
-        responses = []
-        with httpx.Client(base_url=balancer.url, timeout=60) as client:
-            for i in range(6):  # both replicas idle in nginx's eyes: they take turns
-                responses.append(client.post("/generate", json={**SHORT, "seed": i},
-                                             headers={"X-Request-ID": f"deploy-429-{i}"}))
-        after = {TINY_REPLICA: generation_counts(tiny), REPLICA: generation_counts(big)}
+        assert_rejections_pass_through(balancer, tiny, replicas[REPLICA], 429, "queue full", "deploy-429")
         assert gauge(tiny, "ddpm_active_images") == 1.0, "the tiny replica's request ended too soon"
-    statuses = Counter(r.status_code for r in responses)
-    assert set(statuses) == {200, 429}, (statuses, {k: after[k] - before[k] for k in after})
-    for i, r in enumerate(responses):
-        assert r.headers["x-request-id"] == f"deploy-429-{i}"  # one ID from client to replica and back
-        if r.status_code == 429:
-            assert int(r.headers["retry-after"]) >= 1
-            assert r.headers["content-type"] == "application/json"
-            assert r.json()["detail"].startswith("queue full")
-        else:
-            assert r.headers["content-type"] == "image/png"
-    log = balancer.access_log()
-    for i, r in enumerate(responses):  # nginx's log: one upstream per request, the one that answered
-        entry = log[f"deploy-429-{i}"]
-        served_by = TINY_REPLICA if r.status_code == 429 else REPLICA
-        assert (entry["status"], entry["upstream"]) == (r.status_code, loopback(replicas[served_by])), entry
-    # Each request reached exactly one replica: every 429 is the tiny one's, every 200 the other's;
-    # nginx retried none of the 429s elsewhere (that would show as more 200s and fewer 429s).
-    assert after[TINY_REPLICA] - before[TINY_REPLICA] == Counter({"429": statuses[429]})
-    assert after[REPLICA] - before[REPLICA] == Counter({"200": statuses[200]})
     wait_idle(replicas)
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(120)
+def test_nginx_passes_a_draining_replicas_503_with_retry_after_and_does_not_retry_it(
+        nginx_bin: str, long_checkpoint: Path, replicas: dict[str, str], tmp_path: Path) -> None:
+    # A third replica, draining after SIGTERM while a request it admitted still runs; nginx in
+    # front of it and of the normal replica.
+    with ExitStack() as stack:
+        draining, proc = stack.enter_context(serve_process(
+            long_checkpoint, tmp_path / "draining.log", max_batch="1", threads="1", drain_timeout_s="60"))
+        direct = stack.enter_context(httpx.Client(timeout=60))
+        # Three images on one row, one after the other: seconds of drain, ample for what follows.
+        stream = stack.enter_context(direct.stream("POST", f"{draining}/generate/stream", json={**LONG, "n": 3}))
+        in_flight = EventStream(stream)  # held: the drain waits for it
+        in_flight.until("progress")
+        proc.send_signal(signal.SIGTERM)
+        deadline = time.monotonic() + 10
+        while httpx.get(f"{draining}/readyz", timeout=5).status_code != 503:
+            assert time.monotonic() < deadline, "no drain"
+            time.sleep(0.02)
+        nginx_tmp = tmp_path / "nginx"
+        nginx_tmp.mkdir()
+        with running_balancer(nginx_bin, {REPLICA: draining, TINY_REPLICA: replicas[REPLICA]}, nginx_tmp) as lb:
+            assert_rejections_pass_through(lb, draining, replicas[REPLICA], 503, "draining", "deploy-503")
+        assert proc.poll() is None, "the replica stopped before its admitted request finished"
 
 
 @pytest.mark.slow
