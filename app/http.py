@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import hmac
 import json
+import logging
 import re
+import time
 import uuid
 from typing import Any
 
@@ -17,6 +19,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from .metrics import Metrics
 
+log = logging.getLogger("ddpm.http")
 _SAFE_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
 COUNTED_PATHS = ("/generate", "/generate/stream")
 
@@ -39,6 +42,7 @@ class RequestContext:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
+        start = time.perf_counter()
         headers = dict(scope["headers"])
         given = headers.get(b"x-request-id", b"").decode("latin-1")
         request_id = given if _SAFE_ID.match(given) else uuid.uuid4().hex
@@ -79,7 +83,10 @@ class RequestContext:
                 await self.app(scope, limited_receive, send_with_id)
         finally:
             if scope["path"] in COUNTED_PATHS and scope["method"] == "POST":
-                self.metrics.requests.labels(status=str(status["code"]), sampler=state.get("sampler", "none")).inc()
+                sampler = state.get("sampler", "none")
+                self.metrics.requests.labels(status=str(status["code"]), sampler=sampler).inc()
+                log.info("request_id=%s %s status=%d sampler=%s seconds=%.3f", request_id, scope["path"],
+                         status["code"], sampler, time.perf_counter() - start)
 
 
 def check_api_key(keys: frozenset[str], credentials: HTTPAuthorizationCredentials | None) -> None:

@@ -13,7 +13,8 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
 class Settings(BaseSettings):
-    model_config = SettingsConfigDict(env_prefix="DDPM_", extra="ignore")
+    # An empty variable (DDPM_CHECKPOINT= in a compose file) means "unset", not "" or ".".
+    model_config = SettingsConfigDict(env_prefix="DDPM_", extra="ignore", env_ignore_empty=True)
 
     # The model
     checkpoint: Path | None = Field(None, description="a .safetensors checkpoint; empty: the embedded digits model")
@@ -31,7 +32,8 @@ class Settings(BaseSettings):
     max_batch: int | None = Field(None, ge=1, le=4096, description="rows (images) per network call; "
                                   "empty: 64 on a CPU, what free memory holds on a GPU")
     max_queue_images: int = Field(256, ge=0, description="images waiting for a row before 429")
-    max_images_per_request: int = Field(16, ge=1, description="largest n of one request")
+    max_images_per_request: int = Field(16, ge=1, description="largest n of one request (at most "
+                                        "max_batch + max_queue_images, which is all a request can be admitted to)")
     max_steps: int | None = Field(None, ge=1, description="largest steps of one request; empty: the model's T")
     default_steps: int | None = Field(None, ge=1, description="empty: the checkpoint's default")
     default_sampler: str | None = Field(None, description="empty: the checkpoint's default")

@@ -53,8 +53,9 @@ def network_table(config: UNetConfig, device: torch.device, batches: list[int], 
             fp32(x, t)
         flops = counter.get_total_flops()
         with torch.inference_mode():
-            times = interleaved({"fp32": lambda: fp32(x, t), "bf16": lambda: bf16(xb, t),
-                                 "bf16_compiled": lambda: compiled(xb, t)}, repeats=repeats, warmup=2, device=device)
+            times = interleaved({"fp32": lambda x=x, t=t: fp32(x, t), "bf16": lambda xb=xb, t=t: bf16(xb, t),
+                                 "bf16_compiled": lambda xb=xb, t=t: compiled(xb, t)},
+                                repeats=repeats, warmup=2, device=device)
         row: dict[str, object] = {"batch": b, "gflop_per_call": flops / 1e9}
         for name, values in times.items():
             sec = median(values)

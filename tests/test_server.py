@@ -266,3 +266,20 @@ def test_failing_network_call_fails_only_its_batch(tiny_checkpoint: Path) -> Non
         assert c.post("/generate", json={"steps": 5}).status_code == 200
         assert c.get("/readyz").status_code == 200
         assert 'ddpm_requests_total{sampler="ddim",status="500"} 1.0' in c.get("/metrics").text
+
+
+def test_a_request_that_could_never_be_admitted_gets_422(tiny_checkpoint: Path) -> None:
+    with live_server(tiny_checkpoint, max_batch=1, max_queue_images=0) as url, httpx.Client(base_url=url) as c:
+        r = c.post("/generate", json={"n": 2, "steps": 2})
+        assert r.status_code == 422 and "less than or equal to 1" in r.json()["detail"][0]["msg"]
+        assert c.post("/generate", json={"n": 1, "steps": 2}).status_code == 200
+
+
+def test_empty_environment_variables_mean_unset(monkeypatch: pytest.MonkeyPatch) -> None:
+    from app import Settings
+
+    monkeypatch.setenv("DDPM_CHECKPOINT", "")
+    monkeypatch.setenv("DDPM_MAX_STEPS", "")
+    monkeypatch.setenv("DDPM_MAX_BATCH", "8")
+    s = Settings()
+    assert s.checkpoint is None and s.max_steps is None and s.max_batch == 8
