@@ -6,8 +6,16 @@ It stands above the three packages so that neither app/ nor training/ imports th
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from collections.abc import Sequence
+
+# Before torch (and its OpenMP runtime) is loaded by any subcommand: idle OpenMP threads sleep
+# instead of spinning. Spinning wins a few percent on dedicated cores, but wherever the cores
+# are shared (a container's CPU quota, a neighbour process, our own server threads) a spinning
+# team steals the core its straggler needs: measured on this project's 2-core machines, a
+# network call went from 3 ms to 50-400 ms. docs/benchmarks.md has the numbers.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 
 def _convert(args: argparse.Namespace) -> int:
