@@ -214,5 +214,13 @@ class RowBatch:
     @torch.inference_mode()
     def preview(self, rows: Sequence[Row]) -> np.ndarray:
         """The current prediction of x0 for live rows, (len(rows), H, W, C) uint8."""
+        return self._snapshot(self._x0, rows)
+
+    @torch.inference_mode()
+    def noisy(self, rows: Sequence[Row]) -> np.ndarray:
+        """The current x_t of live rows, (len(rows), H, W, C) uint8 (clipped to the data range)."""
+        return self._snapshot(self._x, rows)
+
+    def _snapshot(self, buffer: torch.Tensor, rows: Sequence[Row]) -> np.ndarray:
         slots = torch.tensor([r.slot for r in rows], dtype=torch.long, device=self.device)
-        return to_uint8(self._x0.index_select(0, slots)).cpu().numpy()
+        return to_uint8(buffer.index_select(0, slots)).cpu().numpy()
