@@ -5,7 +5,7 @@
 samples.png: one row per class, 10 samples each, at the model's default sampler and steps.
 chain.png:   the reverse Markov chain, as in the paper's figure 6: for a few seeds, x_t (top of
              each pair) and the network's prediction of x_0 (bottom) as t runs from T to 0
-             under ancestral DDPM sampling.
+             under ancestral DDPM sampling, at t = T and then geometrically spaced down to 0.
 """
 
 from __future__ import annotations
@@ -39,7 +39,9 @@ def chain(model, seeds: list[int], columns: int, scale: int) -> np.ndarray:  # t
     labels = [i % model.config.num_classes if model.config.num_classes else None for i in range(len(seeds))]
     rows = [batch.add(RowSpec(plan=plan, seed=s, label=lab, guidance=model.config.sampling.guidance))
             for s, lab in zip(seeds, labels, strict=True)]
-    marks = set(np.unique(np.round(np.geomspace(1, steps, columns - 1)).astype(int)).tolist())
+    # Columns at timesteps spaced geometrically towards 0, where the digit takes shape.
+    remaining = np.unique(np.round(np.geomspace(steps - 1, 1, columns - 2)).astype(int))
+    marks = {steps - int(t) for t in remaining}
     noisy: list[np.ndarray] = [batch.noisy(rows)]  # x_T: pure noise
     x0: list[np.ndarray] = [np.full_like(noisy[0], 128)]  # nothing predicted yet
     for done in range(1, steps + 1):
