@@ -99,6 +99,10 @@ class RowBatch:
         self._stochastic = torch.zeros(capacity, dtype=torch.bool)
         self._has_label = torch.zeros(capacity, dtype=torch.bool)
         self._slot_base = torch.arange(capacity, dtype=torch.long) * max_steps
+        # Finished images leave as uint8 through one reused page-locked buffer, so the copy from
+        # the GPU is a single DMA rather than a pageable copy through a bounce buffer.
+        self._host = (torch.empty((capacity, h, w, c), dtype=torch.uint8, pin_memory=True)
+                      if self.device.type == "cuda" else None)
 
     def __len__(self) -> int:
         return len(self.rows)
@@ -203,8 +207,7 @@ class RowBatch:
             row.step = s
         finished = [row for row in self.rows if row.done]
         if finished:
-            slots = torch.tensor([r.slot for r in finished], device=self.device)
-            images = to_uint8(self._x.index_select(0, slots)).cpu().numpy()
+            images = self._snapshot(self._x, finished)
             for row, image in zip(finished, images, strict=True):
                 row.image = image
             for row in sorted(finished, key=lambda r: r.slot, reverse=True):
@@ -222,5 +225,12 @@ class RowBatch:
         return self._snapshot(self._x, rows)
 
     def _snapshot(self, buffer: torch.Tensor, rows: Sequence[Row]) -> np.ndarray:
+        """Rows of ``buffer`` as (len(rows), H, W, C) uint8 on the host, converted on the device."""
         slots = torch.tensor([r.slot for r in rows], dtype=torch.long, device=self.device)
-        return to_uint8(buffer.index_select(0, slots)).cpu().numpy()
+        images = to_uint8(buffer.index_select(0, slots))
+        if self._host is None:
+            return np.ascontiguousarray(images.numpy())  # index_select made a fresh tensor
+        host = self._host[: len(rows)]
+        host.copy_(images, non_blocking=True)
+        torch.cuda.current_stream(self.device).synchronize()
+        return host.numpy().copy()  # the buffer is reused by the next call
