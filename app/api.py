@@ -256,6 +256,8 @@ def create_app(settings: Settings | None = None, *, model: DiffusionModel | None
     async def healthz() -> JSONResponse:
         if service.load_error:
             return JSONResponse({"status": "failed", "detail": service.load_error}, status_code=503)
+        if service.engine is not None and not service.engine.alive and not service.draining:
+            return JSONResponse({"status": "failed", "detail": "the engine thread stopped"}, status_code=503)
         return JSONResponse({"status": "ok"})
 
     @app.get("/readyz", summary="Readiness", responses={503: ERROR_RESPONSES[503]})

@@ -190,6 +190,10 @@ class Engine:
 
     # ---- the worker thread ----
 
+    @property
+    def alive(self) -> bool:
+        return self._thread is not None and self._thread.is_alive()
+
     def _run(self) -> None:
         torch.set_grad_enabled(False)
         while True:
@@ -198,11 +202,15 @@ class Engine:
                     self._cond.wait()
                 if self._stopping:
                     break
-            self._reap()
-            self._admit()
-            if not len(self.batch):
-                continue
-            self._iterate()
+            try:
+                self._reap()
+                self._admit()
+                if len(self.batch):
+                    self._iterate()
+            except Exception as exc:  # a bug here must not leave every later request hanging
+                log.exception("engine iteration failed; failing the requests it held")
+                for job in list(dict.fromkeys([*self._running, *self._pending])):
+                    self._fail(job, SamplingFailed(f"internal error: {type(exc).__name__}: {exc}"))
         for job in list(dict.fromkeys([*self._running, *self._pending])):
             self._fail(job, Unavailable("the server is shutting down"))
 

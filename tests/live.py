@@ -13,6 +13,7 @@ from typing import Any
 import httpx
 import torch
 import uvicorn
+from fastapi import FastAPI
 
 from app import Settings, create_app
 from model import DiffusionModel, load_checkpoint
@@ -66,6 +67,14 @@ def wait_ready(client: httpx.Client, timeout: float = 30.0) -> None:
 @contextmanager
 def live_server(checkpoint: Path, *, model: DiffusionModel | None = None, **settings: object) -> Iterator[str]:
     """A real uvicorn server in a thread; yields its base URL once /readyz says ready."""
+    with live_app(checkpoint, model=model, **settings) as (url, _):
+        yield url
+
+
+@contextmanager
+def live_app(checkpoint: Path, *, model: DiffusionModel | None = None,
+             **settings: object) -> Iterator[tuple[str, FastAPI]]:
+    """``live_server`` that also yields the app, for tests that reach into its service."""
     app = create_app(Settings(checkpoint=checkpoint, **settings),  # type: ignore[arg-type]
                      model=model or load_checkpoint(checkpoint, device="cpu"))
     port = free_port()
@@ -76,7 +85,7 @@ def live_server(checkpoint: Path, *, model: DiffusionModel | None = None, **sett
     try:
         with httpx.Client(base_url=url, timeout=10) as client:
             wait_ready(client)
-        yield url
+        yield url, app
     finally:
         server.should_exit = True
         thread.join(10)

@@ -18,7 +18,7 @@ import pytest
 from model import load_checkpoint
 from model.images import decode_png
 
-from .live import live_server, slowed
+from .live import live_app, live_server, slowed
 
 
 @pytest.fixture(scope="module")
@@ -283,3 +283,21 @@ def test_empty_environment_variables_mean_unset(monkeypatch: pytest.MonkeyPatch)
     monkeypatch.setenv("DDPM_MAX_BATCH", "8")
     s = Settings()
     assert s.checkpoint is None and s.max_steps is None and s.max_batch == 8
+
+
+def test_an_internal_engine_error_fails_its_requests_and_the_engine_survives(tiny_checkpoint: Path) -> None:
+    with live_app(tiny_checkpoint) as (url, app), httpx.Client(base_url=url, timeout=30) as c:
+        engine = app.state.service.engine
+        original, calls = engine._admit, []
+
+        def broken() -> None:  # a bug in the engine's own code, once
+            calls.append(1)
+            if len(calls) == 1:
+                raise KeyError("bug")
+            original()
+
+        engine._admit = broken
+        r = c.post("/generate", json={"steps": 3})
+        assert r.status_code == 500 and "internal error: KeyError" in r.json()["detail"]
+        assert c.post("/generate", json={"steps": 3}).status_code == 200
+        assert c.get("/healthz").json() == {"status": "ok"} and engine.alive
