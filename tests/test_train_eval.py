@@ -82,3 +82,26 @@ def test_ddpm_eval_errors_are_named(tmp_path: Path, tiny_checkpoint: Path) -> No
     assert code == 2 and "does not record the data set" in err
     code, err = ddpm("eval", "--checkpoint", str(tiny_checkpoint), "--rows", "euler:3")
     assert code == 2 and "--rows entry 'euler:3' must be SAMPLER:STEPS" in err
+
+
+def test_sampling_defaults_can_be_set_after_evaluation(tmp_path: Path, tiny_checkpoint: Path) -> None:
+    from model import read_checkpoint
+    from training.defaults import main as set_defaults
+
+    path = tmp_path / "m.safetensors"
+    path.write_bytes(tiny_checkpoint.read_bytes())
+    assert set_defaults([str(path), "--sampler", "dpmpp_2m", "--steps", "7", "--guidance", "0.5",
+                         "--reason", "eval said so"]) == 0
+    (before, old), (after, new) = read_checkpoint(tiny_checkpoint), read_checkpoint(path)
+    assert (after.sampling.sampler, after.sampling.steps, after.sampling.guidance) == ("dpmpp_2m", 7, 0.5)
+    assert after.provenance["sampling_changes"][0]["reason"] == "eval said so"
+    assert after.unet == before.unet and all((old[k] == new[k]).all() for k in old)
+    assert set_defaults([str(path), "--steps", "1000", "--reason", "x"]) == 2  # > T = 100
+
+
+def test_gallery_writes_one_grid_per_label(tmp_path: Path, tiny_checkpoint: Path) -> None:
+    from training.gallery import write_gallery
+
+    with one_thread():
+        paths = write_gallery(str(tiny_checkpoint), tmp_path, per_label=2, device="cpu")
+    assert sorted(p.name for p in paths) == sorted([f"label_{k}.png" for k in range(10)] + ["all_labels.png"])
