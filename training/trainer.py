@@ -92,7 +92,14 @@ class Trainer:
         if tc.threads:
             torch.set_num_threads(tc.threads)
         self.dist: Dist = setup(tc.device)
-        d = self.dist
+        try:
+            self._build(run, run_dir, resume=resume, command=command)
+        except BaseException:
+            self.dist.close()
+            raise
+
+    def _build(self, run: RunConfig, run_dir: Path, *, resume: bool, command: str) -> None:
+        tc, d = run.train, self.dist
         if tc.batch_size % d.world_size:
             raise ConfigError(f"train.batch_size={tc.batch_size} must be divisible by the {d.world_size} processes")
         self.device = d.device
@@ -271,6 +278,7 @@ class Trainer:
                     if not math.isfinite(mean_loss):
                         print(f"\nerror: the loss is {mean_loss} at step {self.step}; lower train.lr or use "
                               "train.precision=fp32", file=sys.stderr)
+                        d.close()
                         return 1
                     if self.monitor is not None:
                         bar.set_postfix(loss=f"{mean_loss:.4f}", img_s=f"{ips:.0f}")
