@@ -28,9 +28,9 @@ def markdown(report: dict[str, Any]) -> str:
               "| model | bits/dim | +- stderr | prior L_T | decoder L_0 | images |",
               "| --- | --- | --- | --- | --- | --- |"]
     for kind, b in report["bpd"].items():
-        label = "p(x) (null label)" if kind == "unconditional" else "p(x | y) (true label)"
+        label = "p(x) (null label)" if kind == "unconditional" else "p(x \\| y) (true label)"
         lines.append(f"| {label} | {b['bpd']:.4f} | {b['bpd_stderr']:.4f} | {b['prior_bpd']:.2e} | "
-                     f"{b['decoder_bpd']:.4f} | {b['images']} |")
+                     f"{b['decoder_bpd']:.2e} | {b['images']} |")
     if report.get("rows"):
         real = report["real_heldout"]
         lines += ["", f"## Sample quality ({real['n']} samples per row, labels 0-9 in turn)", "",
