@@ -89,16 +89,30 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default="samples", help="output directory")
     p.set_defaults(func=_sample)
 
-    p = sub.add_parser("train", help="train a model; extra --key=value pairs override the config")
-    p.add_argument("--config", default="digits", help="a preset name or a JSON/TOML config file")
+    p = sub.add_parser(
+        "train", help="train a model; extra --key=value pairs override the config",
+        description="Train a DDPM. The config starts from a preset (digits, tiny, cifar10) or a JSON/TOML file; "
+                    "dotted --key=value pairs override it, e.g. --model.unet.base_channels=64 --train.lr=2e-4. "
+                    "Scale out with torchrun: torchrun --nproc_per_node=N -m cli train ...",
+    )
+    p.add_argument("--config", default=None, help="a preset name (default: digits) or a .json/.toml config file")
     p.add_argument("--resume", action="store_true", help="continue the run in --run-dir from its last state")
-    p.add_argument("--run-dir", default=None, help="where checkpoints, samples and metrics go")
+    p.add_argument("--run-dir", default=None, help="where checkpoints, samples and metrics go (default: runs/NAME)")
     p.set_defaults(func=_train, takes_overrides=True)
 
     p = sub.add_parser("eval", help="bits/dim on held-out data and, for digits, the sample-quality table")
     p.add_argument("--checkpoint", default=None, help="default: the embedded model")
-    p.add_argument("--out", default=None, help="directory for the report and sample grids")
-    p.add_argument("--quick", action="store_true", help="fewer samples and timesteps (a smoke check)")
+    p.add_argument("--out", default="eval", help="directory for report.json, report.md and sample grids")
+    p.add_argument("--quick", action="store_true", help="fewer samples and held-out images (a smoke check)")
+    p.add_argument("--samples", type=int, default=None, help="images generated per row (default 1000; quick 50)")
+    p.add_argument("--bpd-images", type=int, default=None, help="held-out images for the bound (default all)")
+    p.add_argument("--guidance", default=None, help="extra rows at the default sampler with these weights, e.g. 0,1,2")
+    p.add_argument("--rows", default=None, help="SAMPLER:STEPS,... instead of ddpm:1000,ddim:50,ddim:20,ddim:10,"
+                                                "dpmpp_2m:20,dpmpp_2m:10")
+    p.add_argument("--batch-size", type=int, default=256)
+    p.add_argument("--seed", type=int, default=0, help="sample i of a row uses seed + i")
+    p.add_argument("--dataset", default=None, help="held-out data set, when the checkpoint does not record one")
+    p.add_argument("--data-path", default=None, help="its path (folder, .npz or CIFAR-10 directory)")
     p.add_argument("--device", default="auto")
     p.set_defaults(func=_eval)
 
