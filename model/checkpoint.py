@@ -36,6 +36,9 @@ def atomic_write(path: str | os.PathLike[str], write: Callable[[Path], None]) ->
     os.close(fd)
     try:
         write(Path(tmp))
+        # mkstemp makes the file 0600; a checkpoint is read by other users (a non-root server
+        # container), so give it the mode an ordinary file gets under the usual umask.
+        os.chmod(tmp, 0o644)
         with open(tmp, "rb") as fh:
             os.fsync(fh.fileno())
         os.replace(tmp, path)

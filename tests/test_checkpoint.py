@@ -35,6 +35,7 @@ def test_round_trip_keeps_weights_config_and_samples(tmp_path: Path) -> None:
 def test_the_file_is_plain_safetensors(tmp_path: Path) -> None:
     """An 8-byte header length, a JSON header with our config in __metadata__, raw tensor bytes."""
     path = save_checkpoint(tmp_path / "a.safetensors", randomized_unet(tiny_config().unet), tiny_config())
+    assert path.stat().st_mode & 0o777 == 0o644  # readable by a server running as another user
     raw = path.read_bytes()
     (n,) = struct.unpack("<Q", raw[:8])
     header = json.loads(raw[8 : 8 + n])
