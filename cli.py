@@ -31,7 +31,7 @@ def _sample(args: argparse.Namespace) -> int:
     from model import load_checkpoint
     from model.images import write_samples
 
-    model = load_checkpoint(args.checkpoint, device=args.device)
+    model = load_checkpoint(args.checkpoint, device=args.device, dtype=args.dtype)
     images = model.sample(
         args.n, steps=args.steps, sampler=args.sampler, eta=args.eta, seed=args.seed,
         label=args.label, guidance=args.guidance, batch_size=args.batch_size, progress=True,
@@ -86,6 +86,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--scale", type=int, default=1, help="enlarge the PNGs by this factor (nearest neighbour)")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, ...")
+    p.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16", "float16"],
+                   help="the network's precision; auto picks as the server does (DDPM_DTYPE)")
     p.add_argument("--out", default="samples", help="output directory")
     p.set_defaults(func=_sample)
 
@@ -114,6 +116,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dataset", default=None, help="held-out data set, when the checkpoint does not record one")
     p.add_argument("--data-path", default=None, help="its path (folder, .npz or CIFAR-10 directory)")
     p.add_argument("--device", default="auto")
+    p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16", "auto"],
+                   help="the network's precision (default float32, exact)")
     p.set_defaults(func=_eval)
 
     p = sub.add_parser("serve", help="run the HTTP server (settings from DDPM_* environment variables)")

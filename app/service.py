@@ -15,7 +15,7 @@ from typing import Any
 
 import torch
 
-from model import DiffusionModel, NoiseSchedule, RowSpec, load_checkpoint, read_config, resolve_device, resolve_dtype
+from model import DiffusionModel, NoiseSchedule, RowSpec, load_checkpoint, read_config
 from model.device import configure_threads, rows_that_fit
 from model.pipeline import EMBEDDED_CHECKPOINT
 from model.runner import Denoiser, default_buckets
@@ -59,13 +59,8 @@ class Service:
             s = self.settings
             if self.model is None:
                 configure_threads(s.threads)
-                device = resolve_device(s.device)
-                dtype = resolve_dtype(s.dtype, device)
-                # channels_last pays off where oneDNN or cuDNN pick channels-last kernels: bf16 on a
-                # CPU and everything on a GPU (bench/unet.py measures it).
-                channels_last = s.channels_last if s.channels_last is not None else (
-                    device.type == "cuda" or dtype != torch.float32)
-                self.model = load_checkpoint(self.checkpoint, device=device, dtype=dtype, channels_last=channels_last)
+                self.model = load_checkpoint(self.checkpoint, device=s.device, dtype=s.dtype,
+                                             channels_last=s.channels_last)
             model = self.model
             self.max_batch = s.max_batch or self._default_max_batch(model)
             if s.compile:

@@ -27,8 +27,16 @@ def cpu_has_fast_bf16() -> bool:
         return False
 
 
-def resolve_dtype(name: str | torch.dtype, device: torch.device) -> torch.dtype:
-    """"auto": bf16 on a GPU that has it, else fp16; on a CPU, bf16 where it runs natively, else fp32.
+# Below this much work per image a CPU forward pass is bound by the fixed cost of each of its
+# few hundred operators, and bf16 only adds conversions: the 0.05-GFLOP digits network runs
+# 1.7x slower in bf16 at batch 1, while the 12-GFLOP CIFAR-10 network runs 1.7x faster
+# (docs/benchmarks.md).
+BF16_MIN_GFLOPS_CPU = 1.0
+
+
+def resolve_dtype(name: str | torch.dtype, device: torch.device, gflops_per_image: float | None = None) -> torch.dtype:
+    """"auto": bf16 on a GPU that has it, else fp16; on a CPU, bf16 where it runs natively and the
+    network does enough work per image (``gflops_per_image``) to gain from it, else fp32.
 
     The quality table in docs/benchmarks.md is what licenses bf16 as a default.
     """
@@ -37,10 +45,18 @@ def resolve_dtype(name: str | torch.dtype, device: torch.device) -> torch.dtype:
     if name == "auto":
         if device.type == "cuda":
             return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-        return torch.bfloat16 if cpu_has_fast_bf16() else torch.float32
+        big = gflops_per_image is None or gflops_per_image >= BF16_MIN_GFLOPS_CPU
+        return torch.bfloat16 if cpu_has_fast_bf16() and big else torch.float32
     if name not in DTYPES:
         raise ValueError(f"dtype={name!r} is not one of auto, {', '.join(DTYPES)}")
     return DTYPES[name]
+
+
+def default_channels_last(device: torch.device, dtype: torch.dtype) -> bool:
+    """channels_last where it was measured to help: on a GPU, and for fp32 on a CPU (oneDNN's
+    fp32 convolutions are 5-50% faster in it; its bf16 ones gain nothing on the CIFAR-10 network
+    and lose 10-25% on the digits network, docs/benchmarks.md)."""
+    return device.type == "cuda" or dtype == torch.float32
 
 
 def available_cpus() -> int:

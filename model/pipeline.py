@@ -14,8 +14,8 @@ from tqdm import tqdm
 from .batch import RowBatch, RowSpec
 from .checkpoint import build_unet, read_checkpoint
 from .config import ModelConfig
-from .device import resolve_device, resolve_dtype
-from .runner import Denoiser
+from .device import default_channels_last, resolve_device, resolve_dtype
+from .runner import Denoiser, gflops_per_image
 from .samplers import SamplerPlan, build_plan
 from .schedule import NoiseSchedule
 from .unet import UNet
@@ -34,7 +34,7 @@ class DiffusionModel:
         *,
         device: str | torch.device = "auto",
         dtype: str | torch.dtype = torch.float32,
-        channels_last: bool = False,
+        channels_last: bool | None = None,
         compile: bool = False,
         buckets: Sequence[int] | None = None,
     ) -> None:
@@ -42,7 +42,10 @@ class DiffusionModel:
         self.device = resolve_device(device)
         self.unet = unet.to(self.device).eval()
         self.schedule = NoiseSchedule.from_config(config.diffusion, self.device)
-        self.dtype = resolve_dtype(dtype, self.device)
+        gflops = gflops_per_image(self.unet) if dtype == "auto" and self.device.type == "cpu" else None
+        self.dtype = resolve_dtype(dtype, self.device, gflops)
+        if channels_last is None:
+            channels_last = default_channels_last(self.device, self.dtype)
         self.denoiser = Denoiser(self.unet, dtype=self.dtype, channels_last=channels_last, compile=compile,
                                  buckets=buckets)
 
@@ -138,13 +141,14 @@ def load_checkpoint(
     *,
     device: str | torch.device = "auto",
     dtype: str | torch.dtype = torch.float32,
-    channels_last: bool = False,
+    channels_last: bool | None = None,
     compile: bool = False,
     buckets: Sequence[int] | None = None,
 ) -> DiffusionModel:
     """Rebuild a model from a checkpoint file alone (the embedded digits model when ``path`` is None).
 
-    ``dtype`` may be "auto" (see ``model.device.resolve_dtype``); ``compile`` pads batches to
+    ``dtype`` may be "auto" (see ``model.device.resolve_dtype``), ``channels_last`` None picks
+    what was measured faster (``model.device.default_channels_last``); ``compile`` pads batches to
     ``buckets`` and compiles one graph per bucket (``Denoiser.warm_up`` builds them all).
     """
     path = EMBEDDED_CHECKPOINT if path is None else Path(path)

@@ -24,6 +24,20 @@ from .unet import UNet
 log = logging.getLogger("ddpm.runner")
 
 
+def gflops_per_image(unet: UNet) -> float:
+    """Floating-point work of one image's network call, counted once on a zero input."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    c = unet.config
+    param = next(unet.parameters())
+    x = torch.zeros(1, c.in_channels, c.image_size, c.image_size, device=param.device, dtype=param.dtype)
+    t = torch.zeros(1, dtype=torch.long, device=param.device)
+    counter = FlopCounterMode(display=False)
+    with torch.inference_mode(), counter:
+        unet(x, t)
+    return counter.get_total_flops() / 1e9
+
+
 def default_buckets(max_rows: int) -> list[int]:
     """Powers of two up to ``max_rows``, and ``max_rows``: at most half a batch is padding, and
     there are few enough sizes to compile them all at start-up."""

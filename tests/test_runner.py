@@ -9,8 +9,14 @@ import pytest
 import torch
 
 from model import RowSpec, load_checkpoint, resolve_dtype
-from model.device import available_cpus, cgroup_cpu_quota, cpu_has_fast_bf16, rows_that_fit
-from model.runner import Denoiser, default_buckets
+from model.device import (
+    available_cpus,
+    cgroup_cpu_quota,
+    cpu_has_fast_bf16,
+    default_channels_last,
+    rows_that_fit,
+)
+from model.runner import Denoiser, default_buckets, gflops_per_image
 
 from .conftest import TINY_UNET, randomized_unet
 
@@ -114,3 +120,17 @@ def test_cuda_graphs_bf16_and_memory_sizing(tiny_checkpoint: Path) -> None:
     assert np.abs(a.astype(int) - b.astype(int)).mean() < 8
     rows = rows_that_fit(lambda n: model.denoiser(*_inputs(n)[:2]), model.device)
     assert rows >= 8
+
+
+def test_auto_precision_follows_the_work_per_image() -> None:
+    """bf16 on a CPU only for networks big enough to gain from it; channels_last for fp32."""
+    cpu = torch.device("cpu")
+    assert resolve_dtype("auto", cpu, gflops_per_image=0.05) == torch.float32
+    assert resolve_dtype("auto", cpu, gflops_per_image=12.0) == (
+        torch.bfloat16 if cpu_has_fast_bf16() else torch.float32)
+    assert default_channels_last(cpu, torch.float32) and not default_channels_last(cpu, torch.bfloat16)
+    assert default_channels_last(torch.device("cuda"), torch.bfloat16)
+    tiny = randomized_unet(TINY_UNET)
+    assert 0 < gflops_per_image(tiny) < 0.05
+    model = load_checkpoint(None, device="cpu", dtype="auto")  # the embedded digits network: 0.05 GFLOP
+    assert model.dtype == torch.float32 and model.denoiser.channels_last

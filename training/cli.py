@@ -85,7 +85,7 @@ def eval_main(args: argparse.Namespace) -> int:
 
     try:
         opts = EvalOptions(
-            checkpoint=args.checkpoint, out=Path(args.out), quick=args.quick, device=args.device,
+            checkpoint=args.checkpoint, out=Path(args.out), quick=args.quick, device=args.device, dtype=args.dtype,
             samples=args.samples, bpd_images=args.bpd_images, guidance=_floats(args.guidance),
             batch_size=args.batch_size, seed=args.seed,
             data={"dataset": args.dataset, "path": args.data_path},

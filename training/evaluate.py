@@ -128,6 +128,7 @@ class EvalOptions:
     out: Path = Path("eval")
     quick: bool = False
     device: str = "auto"
+    dtype: str = "float32"  # the network's precision; "bfloat16" for the precision-vs-quality table
     samples: int | None = None  # generated per row; default 1000 (quick: 50)
     bpd_images: int | None = None  # held-out images for the bound; default all (quick: 20)
     guidance: Sequence[float] = field(default_factory=tuple)  # extra rows at the default sampler
@@ -150,7 +151,7 @@ def data_config_of(cfg: ModelConfig, overrides: dict[str, Any]) -> DataConfig:
 
 def evaluate(opts: EvalOptions) -> dict[str, Any]:
     """Run the whole evaluation; returns the report (images of the rows included, for the grids)."""
-    model = load_checkpoint(opts.checkpoint, device=opts.device)
+    model = load_checkpoint(opts.checkpoint, device=opts.device, dtype=opts.dtype)
     cfg = model.config
     data_cfg = data_config_of(cfg, opts.data)
     data = load_data(data_cfg)
@@ -162,7 +163,8 @@ def evaluate(opts: EvalOptions) -> dict[str, Any]:
     report: dict[str, Any] = {
         "checkpoint": str(opts.checkpoint or "embedded"), "model": cfg.name, "quick": opts.quick,
         "num_classes": cfg.num_classes,
-        "device": str(model.device), "data": {**data_cfg.__dict__, "heldout_images": len(held_idx)},
+        "device": str(model.device), "dtype": str(model.dtype).removeprefix("torch."),
+        "data": {**data_cfg.__dict__, "heldout_images": len(held_idx)},
         "trained_steps": cfg.provenance.get("steps"),
     }
     n_bpd = opts.bpd_images if opts.bpd_images is not None else (20 if opts.quick else len(held_idx))

@@ -23,7 +23,8 @@ def markdown(report: dict[str, Any]) -> str:
     data = report["data"]
     lines.append(f"Held-out data: {data['dataset']}, {data['heldout_images']} images (split seed "
                  f"{data['split_seed']}, holdout {data['holdout']}); trained steps: {report.get('trained_steps')}; "
-                 f"device: {report['device']}{'; QUICK (smoke check, not a measurement)' if report['quick'] else ''}.")
+                 f"device: {report['device']}, {report.get('dtype', 'float32')}"
+                 f"{'; QUICK (smoke check, not a measurement)' if report['quick'] else ''}.")
     lines += ["", "## Negative log-likelihood bound (bits/dim, eq. 5)", "",
               "| model | bits/dim | +- stderr | prior L_T | decoder L_0 | images |",
               "| --- | --- | --- | --- | --- | --- |"]
