@@ -5,7 +5,12 @@ batch, timed in alternation in one process. Reports ms per image per network cal
 (counted with torch.utils.flop_counter), and the share of this machine's measured 3x3
 convolution throughput at the same batch and precision.
 
-    python -m bench.unet --batches 1 8 32 --repeats 5 --out bench/results/unet.json
+    python -m bench.unet --batches 1 8 32 --repeats 5 [--compile] --out bench/results/unet.json
+    python -m bench.unet --embedded --out bench/results/unet-digits.json
+
+--compile adds torch.compile columns (one graph per batch, built before timing; minutes).
+--embedded times the embedded digits network instead, in each precision and memory format:
+the measurement behind the CPU defaults of model/device.py.
 """
 
 from __future__ import annotations
@@ -75,10 +80,15 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--no-bf16", action="store_true", help="skip the bf16 columns")
     parser.add_argument("--threads", type=int, default=None)
+    parser.add_argument("--compile", action="store_true", help="add torch.compile columns")
+    parser.add_argument("--embedded", action="store_true", help="time the embedded digits network instead")
     parser.add_argument("--out", default=None, help="write the results as JSON here")
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
+    if args.embedded:
+        embedded(args)
+        return
     ref, ours = build_pair()
     ours_cl = UNet(ours.config).eval()
     ours_cl.load_state_dict(ours.state_dict())
@@ -111,6 +121,13 @@ def main() -> None:
         if bf16:
             candidates["diffusers_bf16_autocast_cl"] = call(ref.to(memory_format=torch.channels_last), x_cl, True)
             candidates["ours_bf16_cl"] = call(ours_bf, x_bf)
+        if args.compile:
+            import torch._inductor.config as inductor
+
+            inductor.freezing = True  # as model.runner compiles: weights pre-packed once
+            candidates["ours_fp32_cl_compiled"] = call(torch.compile(ours_cl, dynamic=False), x_cl)
+            if bf16:
+                candidates["ours_bf16_cl_compiled"] = call(torch.compile(ours_bf, dynamic=False), x_bf)
         times = {k: median(v) for k, v in interleaved(candidates, repeats=args.repeats).items()}
         if bf16:  # diffusers in autocast: the way one would run it in bf16 without converting weights
             with torch.autocast("cpu", dtype=torch.bfloat16):
@@ -131,6 +148,29 @@ def main() -> None:
         rows.append(row)
         print_row(row)
     write_json(args.out, {"machine": machine(), "rows": rows})
+
+
+def embedded(args: argparse.Namespace) -> None:
+    """The embedded digits network in fp32/bf16, contiguous/channels_last, at growing batches."""
+    from model import load_checkpoint
+    from model.runner import gflops_per_image
+
+    variants = {f"{d}{'_cl' if cl else ''}": load_checkpoint(None, device="cpu", dtype=d, channels_last=cl)
+                for d in ("float32", "bfloat16") for cl in (False, True)}
+    gflops = gflops_per_image(variants["float32"].unet)
+    print(f"machine: {machine()}\nembedded digits network: {gflops:.3f} GFLOP/image")
+    print("| batch | " + " | ".join(f"{k} ms" for k in variants) + " |")
+    print("| ---: |" + " ---: |" * len(variants))
+    rows = []
+    for b in args.batches:
+        g = torch.Generator().manual_seed(b)
+        x, t, y = torch.randn(b, 1, 8, 8, generator=g), torch.randint(0, 1000, (b,), generator=g), torch.arange(b) % 10
+        times = interleaved({k: (lambda m=m, x=x, t=t, y=y: m.denoiser(x, t, y)) for k, m in variants.items()},
+                            repeats=max(args.repeats, 20), warmup=3)
+        row = {"batch": b, **{k: median(v) * 1e3 for k, v in times.items()}}
+        rows.append(row)
+        print(f"| {b} | " + " | ".join(f"{row[k]:.2f}" for k in variants) + " |")
+    write_json(args.out, {"machine": machine(), "gflops_per_image": gflops, "ms_per_call": rows})
 
 
 def print_row(row: dict[str, object]) -> None:
