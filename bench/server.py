@@ -119,6 +119,8 @@ def main() -> None:
     parser.add_argument("--batch-sweep", type=int, nargs="*", default=[1, 2, 4, 8, 16, 32, 64])
     parser.add_argument("--long-steps", type=int, default=1000)
     parser.add_argument("--short-steps", type=int, default=10)
+    parser.add_argument("--variants", nargs="*", default=["bf16:dtype=bfloat16", "compiled:compile=true"],
+                        help="extra server configurations, NAME:SETTING=VALUE,...: their images/s at --clients")
     parser.add_argument("--log", type=Path, default=Path("/tmp/ddpm-bench-server.log"))
     parser.add_argument("--out", default=None)
     args = parser.parse_args()
@@ -144,6 +146,15 @@ def main() -> None:
                              "server_vs_offline": throughput["server"] / throughput["offline"],
                              "server_vs_one_at_a_time": throughput["server"] / throughput["one_at_a_time"]}
     print(f"images/s at {args.clients} clients: {throughput}")
+
+    variants: dict[str, float] = {"default": throughput["server"]}
+    for spec in args.variants:
+        name, _, settings = spec.partition(":")
+        extra = dict(kv.split("=", 1) for kv in settings.split(",") if kv)
+        with server(args.checkpoint, args.log, **{"max_batch": args.clients, "dtype": args.dtype, **extra}) as url:
+            variants[name], _ = asyncio.run(closed_loop(url, args.clients, args.requests_each, body))
+        print(f"  variant {name} ({settings}): {variants[name]:.1f} images/s")
+    results["variants"] = variants
 
     with server(args.checkpoint, args.log, max_batch=64, dtype=args.dtype) as url, \
             httpx.Client(base_url=url, timeout=600) as c:
