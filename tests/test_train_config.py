@@ -6,15 +6,9 @@ from pathlib import Path
 import pytest
 
 from model.config import ConfigError
-from training.config import (
-    DataShape,
-    apply_overrides,
-    load_run_config,
-    parse_overrides,
-    parse_value,
-    resolve_model,
-)
+from training.config import DataShape, resolve_model
 from training.presets import PRESETS
+from training.sources import apply_overrides, load_run_config, parse_overrides, parse_value
 
 from .train_utils import ddpm
 

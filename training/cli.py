@@ -13,7 +13,7 @@ from pathlib import Path
 from model import CheckpointError
 from model.config import ConfigError
 
-from .config import load_run_config, parse_overrides
+from .sources import load_run_config, parse_overrides
 from .state import StateError
 
 # Changing these under a resumed run would change the network or the held-out split.
