@@ -58,10 +58,11 @@ class Service:
             start = time.perf_counter()
             s = self.settings
             if self.model is None:
-                configure_threads(s.threads)
                 self.model = load_checkpoint(self.checkpoint, device=s.device, dtype=s.dtype,
                                              channels_last=s.channels_last)
             model = self.model
+            if model.device.type == "cpu":
+                configure_threads(s.threads, model.gflops_per_image)
             self.max_batch = s.max_batch or self._default_max_batch(model)
             if s.compile:
                 if s.compile_cache_dir:

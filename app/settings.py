@@ -25,8 +25,8 @@ class Settings(BaseSettings):
     compile: bool = Field(False, description="torch.compile the network, one graph per batch bucket "
                                              "(slower start, faster steps)")
     compile_cache_dir: Path | None = Field(None, description="where compiled kernels are cached across restarts")
-    threads: int | None = Field(None, ge=1, description="CPU threads for the network; empty: the CPUs this "
-                                                        "process may use (affinity and cgroup quota)")
+    threads: int | None = Field(None, ge=1, description="CPU threads for the network; empty: 1 for a network "
+                                "under 1 GFLOP per image, else the CPUs this process may use (affinity, cgroup quota)")
 
     # The engine
     max_batch: int | None = Field(None, ge=1, le=4096, description="rows (images) per network call; "

@@ -1,10 +1,11 @@
-"""OpenMP's wait policy on a shared CPU: the measurement behind `ddpm`'s OMP_WAIT_POLICY=PASSIVE.
+"""How long OpenMP's idle threads should spin: the measurement behind `ddpm`'s default.
 
     python -m bench.omp --out bench/results/omp.json
 
-The embedded model samples (batch 1 and 16, 20 DDIM steps) in fresh subprocesses, with OpenMP
-threads that spin (ACTIVE) or sleep (PASSIVE) when idle, alone and next to one busy process
-(a pure-Python loop holding one core, as a neighbour container or another replica would).
+The embedded model samples (batch 1 and 16, 20 DDIM steps) in fresh subprocesses under each
+OpenMP wait configuration (libgomp: spin GOMP_SPINCOUNT iterations, then sleep; PASSIVE is 0,
+ACTIVE is forever, unset is 300,000), alone and next to one busy process (a pure-Python loop
+holding one core, as a neighbour container or another replica would).
 """
 
 from __future__ import annotations
@@ -46,10 +47,20 @@ def neighbour(busy: bool) -> Iterator[None]:
             proc.wait()
 
 
-def probe(policy: str) -> dict:
-    env = {**os.environ, "OMP_WAIT_POLICY": policy}
-    out = subprocess.run([sys.executable, "-c", PROBE], env=env, capture_output=True, text=True, timeout=900,
-                         check=True)
+CONFIGS: dict[str, dict[str, str]] = {
+    "PASSIVE (spin 0)": {"OMP_WAIT_POLICY": "PASSIVE"},
+    "spin 10k": {"GOMP_SPINCOUNT": "10000"},
+    "spin 100k": {"GOMP_SPINCOUNT": "100000"},
+    "unset (spin 300k)": {},
+    "ACTIVE (spin forever)": {"OMP_WAIT_POLICY": "ACTIVE"},
+    "1 thread": {"OMP_NUM_THREADS": "1"},
+}
+
+
+def probe(config: dict[str, str]) -> dict:
+    env = {k: v for k, v in os.environ.items() if k not in ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT", "OMP_NUM_THREADS")}
+    out = subprocess.run([sys.executable, "-c", PROBE], env={**env, **config}, capture_output=True, text=True,
+                         timeout=900, check=True)
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
@@ -61,11 +72,11 @@ def main() -> None:
     results = []
     for _ in range(args.repeats):
         for busy in (False, True):
-            for policy in ("PASSIVE", "ACTIVE"):
+            for name, config in CONFIGS.items():
                 with neighbour(busy):
-                    r = probe(policy)
-                results.append({"policy": policy, "neighbour": busy, **r})
-                print(f"{policy:8s} neighbour={busy!s:5s} threads={r['threads']} ms/step: "
+                    r = probe(config)
+                results.append({"config": name, "env": config, "neighbour": busy, **r})
+                print(f"{name:22s} neighbour={busy!s:5s} threads={r['threads']} ms/step: "
                       f"batch 1 {r['ms_per_step']['1']:.2f}, batch 16 {r['ms_per_step']['16']:.2f}", flush=True)
     write_json(args.out, {"machine": machine(), "runs": results})
 

@@ -124,8 +124,8 @@ def main() -> None:
     parser.add_argument("--log", type=Path, default=Path("/tmp/ddpm-bench-server.log"))
     parser.add_argument("--out", default=None)
     args = parser.parse_args()
-    threads = configure_threads()
-    model = load_checkpoint(args.checkpoint, device="cpu", dtype=args.dtype, channels_last=args.dtype != "float32")
+    model = load_checkpoint(args.checkpoint, device="cpu", dtype=args.dtype)  # the server's own defaults
+    threads = configure_threads(None, model.gflops_per_image)  # as the server configures itself
     body = {"n": 1, "steps": args.steps, "sampler": args.sampler}
     results: dict[str, object] = {"machine": machine(), "checkpoint": str(args.checkpoint), "threads": threads,
                                   "dtype": str(model.dtype), "body": body, "clients": args.clients}

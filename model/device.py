@@ -28,10 +28,13 @@ def cpu_has_fast_bf16() -> bool:
 
 
 # Below this much work per image a CPU forward pass is bound by the fixed cost of each of its
-# few hundred operators, and bf16 only adds conversions: the 0.05-GFLOP digits network runs
-# 1.7x slower in bf16 at batch 1, while the 12-GFLOP CIFAR-10 network runs 1.7x faster
-# (docs/benchmarks.md).
-BF16_MIN_GFLOPS_CPU = 1.0
+# few hundred operators, not by arithmetic (docs/benchmarks.md measures both kinds):
+#  - bf16 only adds conversions: the 0.05-GFLOP digits network runs 1.2-1.5x slower in bf16 at
+#    batch 1, while the 12-GFLOP CIFAR-10 network runs 1.7x faster;
+#  - a second thread only adds wake-ups: the digits network is as fast or faster on one
+#    thread in every case measured but batch 16 on idle cores, and 3-6x faster next to a busy
+#    neighbour.
+SMALL_NETWORK_GFLOPS = 1.0
 
 
 def resolve_dtype(name: str | torch.dtype, device: torch.device, gflops_per_image: float | None = None) -> torch.dtype:
@@ -45,11 +48,15 @@ def resolve_dtype(name: str | torch.dtype, device: torch.device, gflops_per_imag
     if name == "auto":
         if device.type == "cuda":
             return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-        big = gflops_per_image is None or gflops_per_image >= BF16_MIN_GFLOPS_CPU
-        return torch.bfloat16 if cpu_has_fast_bf16() and big else torch.float32
+        return torch.bfloat16 if cpu_has_fast_bf16() and not is_small(gflops_per_image) else torch.float32
     if name not in DTYPES:
         raise ValueError(f"dtype={name!r} is not one of auto, {', '.join(DTYPES)}")
     return DTYPES[name]
+
+
+def is_small(gflops_per_image: float | None) -> bool:
+    """Whether a network is overhead-bound on a CPU (unknown: assume not)."""
+    return gflops_per_image is not None and gflops_per_image < SMALL_NETWORK_GFLOPS
 
 
 def default_channels_last(device: torch.device, dtype: torch.dtype) -> bool:
@@ -89,9 +96,13 @@ def cgroup_cpu_quota(root: Path = Path("/sys/fs/cgroup")) -> float | None:
         return None
 
 
-def configure_threads(threads: int | None = None) -> int:
-    """Set torch's intra-op threads (default: ``available_cpus()``); returns the number set."""
-    n = threads or available_cpus()
+def configure_threads(threads: int | None = None, gflops_per_image: float | None = None) -> int:
+    """Set torch's intra-op threads; returns the number set.
+
+    Default: one thread for a small network (``is_small``), else ``available_cpus()``. Threads
+    that start later (the server's engine) take this number on their first parallel operator.
+    """
+    n = threads or (1 if is_small(gflops_per_image) else available_cpus())
     torch.set_num_threads(n)
     return n
 

@@ -42,8 +42,8 @@ class DiffusionModel:
         self.device = resolve_device(device)
         self.unet = unet.to(self.device).eval()
         self.schedule = NoiseSchedule.from_config(config.diffusion, self.device)
-        gflops = gflops_per_image(self.unet) if dtype == "auto" and self.device.type == "cpu" else None
-        self.dtype = resolve_dtype(dtype, self.device, gflops)
+        self.gflops_per_image = gflops_per_image(self.unet)  # one counted forward pass, before any cast
+        self.dtype = resolve_dtype(dtype, self.device, self.gflops_per_image)
         if channels_last is None:
             channels_last = default_channels_last(self.device, self.dtype)
         self.denoiser = Denoiser(self.unet, dtype=self.dtype, channels_last=channels_last, compile=compile,

@@ -12,6 +12,7 @@ from model import RowSpec, load_checkpoint, resolve_dtype
 from model.device import (
     available_cpus,
     cgroup_cpu_quota,
+    configure_threads,
     cpu_has_fast_bf16,
     default_channels_last,
     rows_that_fit,
@@ -87,6 +88,13 @@ def test_threads_respect_the_cgroup_quota(tmp_path: Path) -> None:
     (v1 / "cpu" / "cpu.cfs_period_us").write_text("100000")
     assert cgroup_cpu_quota(v1) == 2.0
     assert 1 <= available_cpus() <= (torch.get_num_threads() + 64)
+    before = torch.get_num_threads()
+    try:
+        assert configure_threads(None, gflops_per_image=0.05) == 1  # overhead-bound: one thread
+        assert configure_threads(None, gflops_per_image=12.0) == available_cpus()
+        assert configure_threads(3, gflops_per_image=0.05) == 3 == torch.get_num_threads()
+    finally:
+        torch.set_num_threads(before)
 
 
 @pytest.mark.slow
