@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import copy
 from collections.abc import Callable
 
 import torch
@@ -95,21 +96,27 @@ def main() -> None:
     ours_cl.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
     bf16 = not args.no_bf16
     if bf16:
+        # A copy: Module.to(memory_format=...) works in place, and the fp32 column must stay contiguous.
+        ref_cl = copy.deepcopy(ref).to(memory_format=torch.channels_last)  # type: ignore[call-overload]
         ours_bf = UNet(ours.config).eval()
         ours_bf.load_state_dict(ours.state_dict())
-        ours_bf.to(torch.bfloat16).to(memory_format=torch.channels_last)  # type: ignore[call-overload]
+        ours_bf.to(torch.bfloat16)
+        ours_bf_cl = UNet(ours.config).eval()
+        ours_bf_cl.load_state_dict(ours.state_dict())
+        ours_bf_cl.to(torch.bfloat16).to(memory_format=torch.channels_last)  # type: ignore[call-overload]
     rows = []
     print(f"machine: {machine()}")
     for b in args.batches:
         x = torch.randn(b, 3, 32, 32, generator=torch.Generator().manual_seed(b))
         t = torch.randint(0, 1000, (b,), generator=torch.Generator().manual_seed(b + 1))
         x_cl = x.contiguous(memory_format=torch.channels_last)
-        x_bf = x_cl.to(torch.bfloat16)
+        x_bf = x.to(torch.bfloat16)
+        x_bf_cl = x_cl.to(torch.bfloat16)
 
-        def call(net: torch.nn.Module, inp: torch.Tensor, diffusers: bool = False,
+        def call(net: torch.nn.Module, inp: torch.Tensor, diffusers: bool = False, autocast: bool = False,
                  t: torch.Tensor = t) -> Callable[[], object]:
             def run() -> object:
-                with torch.inference_mode():
+                with torch.inference_mode(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
                     return net(inp, t).sample if diffusers else net(inp, t)
             return run
 
@@ -119,21 +126,18 @@ def main() -> None:
             "ours_fp32_cl": call(ours_cl, x_cl),
         }
         if bf16:
-            candidates["diffusers_bf16_autocast_cl"] = call(ref.to(memory_format=torch.channels_last), x_cl, True)
-            candidates["ours_bf16_cl"] = call(ours_bf, x_bf)
+            # diffusers in autocast: how one runs it in bf16 without converting its weights
+            candidates["diffusers_bf16_autocast_cl"] = call(ref_cl, x_cl, diffusers=True, autocast=True)
+            candidates["ours_bf16"] = call(ours_bf, x_bf)  # contiguous: does channels_last pay in bf16?
+            candidates["ours_bf16_cl"] = call(ours_bf_cl, x_bf_cl)
         if args.compile:
             import torch._inductor.config as inductor
 
             inductor.freezing = True  # as model.runner compiles: weights pre-packed once
             candidates["ours_fp32_cl_compiled"] = call(torch.compile(ours_cl, dynamic=False), x_cl)
             if bf16:
-                candidates["ours_bf16_cl_compiled"] = call(torch.compile(ours_bf, dynamic=False), x_bf)
+                candidates["ours_bf16_cl_compiled"] = call(torch.compile(ours_bf_cl, dynamic=False), x_bf_cl)
         times = {k: median(v) for k, v in interleaved(candidates, repeats=args.repeats).items()}
-        if bf16:  # diffusers in autocast: the way one would run it in bf16 without converting weights
-            with torch.autocast("cpu", dtype=torch.bfloat16):
-                times["diffusers_bf16_autocast_cl"] = median(
-                    interleaved({"d": candidates["diffusers_bf16_autocast_cl"]}, repeats=args.repeats)["d"])
-            ref.to(memory_format=torch.contiguous_format)  # type: ignore[call-overload]
         flops = count_flops(ours, x, t)
         assert abs(count_flops(ref, x, t) - flops) / flops < 0.01, "the two networks should do the same work"
         peak32 = conv_throughput(b, torch.float32, channels_last=True)
