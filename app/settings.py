@@ -21,7 +21,7 @@ class Settings(BaseSettings):
     device: str = Field("auto", description="auto (CUDA when present, else CPU), cpu, cuda, cuda:N")
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field(
         "auto", description="network precision; auto: bf16 on a GPU, fp32 on a CPU")
-    channels_last: bool | None = Field(None, description="channels_last memory format; empty: auto")
+    channels_last: bool = Field(True, description="channels_last memory format (measured as fast or faster everywhere)")
     compile: bool = Field(False, description="torch.compile the network, one graph per batch bucket "
                                              "(slower start, faster steps)")
     compile_cache_dir: Path | None = Field(None, description="where compiled kernels are cached across restarts")

@@ -59,13 +59,6 @@ def is_small(gflops_per_image: float | None) -> bool:
     return gflops_per_image is not None and gflops_per_image < SMALL_NETWORK_GFLOPS
 
 
-def default_channels_last(device: torch.device, dtype: torch.dtype) -> bool:
-    """channels_last where it was measured to help: on a GPU, and for fp32 on a CPU (oneDNN's
-    fp32 convolutions are 5-50% faster in it; its bf16 ones gain nothing on the CIFAR-10 network
-    and lose 10-25% on the digits network, docs/benchmarks.md)."""
-    return device.type == "cuda" or dtype == torch.float32
-
-
 def available_cpus() -> int:
     """CPUs this process may really use: its affinity mask, capped by a cgroup CPU quota.
 

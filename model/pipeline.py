@@ -14,7 +14,7 @@ from tqdm import tqdm
 from .batch import RowBatch, RowSpec
 from .checkpoint import build_unet, read_checkpoint
 from .config import ModelConfig
-from .device import default_channels_last, resolve_device, resolve_dtype
+from .device import resolve_device, resolve_dtype
 from .runner import Denoiser, gflops_per_image
 from .samplers import SamplerPlan, build_plan
 from .schedule import NoiseSchedule
@@ -34,7 +34,7 @@ class DiffusionModel:
         *,
         device: str | torch.device = "auto",
         dtype: str | torch.dtype = torch.float32,
-        channels_last: bool | None = None,
+        channels_last: bool = True,
         compile: bool = False,
         buckets: Sequence[int] | None = None,
     ) -> None:
@@ -44,8 +44,6 @@ class DiffusionModel:
         self.schedule = NoiseSchedule.from_config(config.diffusion, self.device)
         self.gflops_per_image = gflops_per_image(self.unet)  # one counted forward pass, before any cast
         self.dtype = resolve_dtype(dtype, self.device, self.gflops_per_image)
-        if channels_last is None:
-            channels_last = default_channels_last(self.device, self.dtype)
         self.denoiser = Denoiser(self.unet, dtype=self.dtype, channels_last=channels_last, compile=compile,
                                  buckets=buckets)
 
@@ -141,14 +139,15 @@ def load_checkpoint(
     *,
     device: str | torch.device = "auto",
     dtype: str | torch.dtype = torch.float32,
-    channels_last: bool | None = None,
+    channels_last: bool = True,
     compile: bool = False,
     buckets: Sequence[int] | None = None,
 ) -> DiffusionModel:
     """Rebuild a model from a checkpoint file alone (the embedded digits model when ``path`` is None).
 
-    ``dtype`` may be "auto" (see ``model.device.resolve_dtype``), ``channels_last`` None picks
-    what was measured faster (``model.device.default_channels_last``); ``compile`` pads batches to
+    ``dtype`` may be "auto" (see ``model.device.resolve_dtype``), ``channels_last`` is on by
+    default: on a CPU it was measured as fast or faster for both networks in both precisions at
+    serving batch sizes (docs/benchmarks.md), and it is the layout GPU tensor cores use; ``compile`` pads batches to
     ``buckets`` and compiles one graph per bucket (``Denoiser.warm_up`` builds them all).
     """
     path = EMBEDDED_CHECKPOINT if path is None else Path(path)

@@ -14,7 +14,6 @@ from model.device import (
     cgroup_cpu_quota,
     configure_threads,
     cpu_has_fast_bf16,
-    default_channels_last,
     rows_that_fit,
 )
 from model.runner import Denoiser, default_buckets, gflops_per_image
@@ -131,13 +130,11 @@ def test_cuda_graphs_bf16_and_memory_sizing(tiny_checkpoint: Path) -> None:
 
 
 def test_auto_precision_follows_the_work_per_image() -> None:
-    """bf16 on a CPU only for networks big enough to gain from it; channels_last for fp32."""
+    """bf16 on a CPU only for networks big enough to gain from it; channels_last by default."""
     cpu = torch.device("cpu")
     assert resolve_dtype("auto", cpu, gflops_per_image=0.05) == torch.float32
     assert resolve_dtype("auto", cpu, gflops_per_image=12.0) == (
         torch.bfloat16 if cpu_has_fast_bf16() else torch.float32)
-    assert default_channels_last(cpu, torch.float32) and not default_channels_last(cpu, torch.bfloat16)
-    assert default_channels_last(torch.device("cuda"), torch.bfloat16)
     tiny = randomized_unet(TINY_UNET)
     assert 0 < gflops_per_image(tiny) < 0.05
     model = load_checkpoint(None, device="cpu", dtype="auto")  # the embedded digits network: 0.05 GFLOP
