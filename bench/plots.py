@@ -49,14 +49,22 @@ def throughput(server: dict, out: Path) -> Path:
     return save(fig, out / "images_per_s_vs_batch.png")
 
 
-def quality(report: dict, out: Path) -> Path:
-    rows = [r for r in report["rows"] if r.get("guidance") == report.get("default_guidance", r.get("guidance"))]
-    samplers = sorted({r["sampler"] for r in rows})
+def quality(result: dict, out: Path) -> Path:
+    """From ``bench.quality``'s table: each sampler's mean over seeds, with the seed-to-seed
+    standard deviation as error bars, fp32 solid and bf16 dashed, so that the precision
+    difference can be read against the run-to-run noise."""
+    table = result["table"]
+    dtypes = [k.removesuffix("_fd_ratio") for k in table[0] if k.endswith("_fd_ratio")]
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(9, 3.6))
-    for sampler in samplers:
-        pts = sorted((r["steps"], r["fd_ratio"], r["accuracy"]) for r in rows if r["sampler"] == sampler)
-        ax1.plot([p[0] for p in pts], [p[1] for p in pts], "o-", label=sampler)
-        ax2.plot([p[0] for p in pts], [p[2] for p in pts], "o-", label=sampler)
+    for i, sampler in enumerate(sorted({e["sampler"] for e in table})):
+        rows = sorted((e for e in table if e["sampler"] == sampler), key=lambda e: e["steps"])
+        steps = [e["steps"] for e in rows]
+        for j, (dtype, style) in enumerate(zip(dtypes, ("o-", "s--"), strict=False)):
+            shifted = [s * 1.06**j for s in steps]  # side by side, not on top of each other
+            for ax, metric in ((ax1, "fd_ratio"), (ax2, "accuracy")):
+                ax.errorbar(shifted, [e[f"{dtype}_{metric}"] for e in rows],
+                            yerr=[e[f"{dtype}_{metric}_std"] for e in rows], fmt=style, color=f"C{i}",
+                            capsize=3, label=f"{sampler} {dtype}")
     ax1.axhline(1.0, color="grey", lw=0.8)
     ax1.axhline(1.5, color="grey", lw=0.8, ls="--")
     ax1.set_ylabel("Frechet distance / real-vs-real floor")
@@ -64,8 +72,9 @@ def quality(report: dict, out: Path) -> Path:
     for ax in (ax1, ax2):
         ax.set_xscale("log")
         ax.set_xlabel("steps")
-        ax.legend(fontsize=8)
-    fig.suptitle("Sample quality against steps, per sampler")
+    ax2.legend(fontsize=7)
+    fig.suptitle(f"Sample quality against steps (mean +- std over {len(result['seeds'])} seeds, "
+                 f"{result['samples']} samples each)")
     return save(fig, out / "quality_vs_steps.png")
 
 
@@ -80,7 +89,7 @@ def save(fig: plt.Figure, path: Path) -> Path:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--server", type=Path, help="bench.server --out JSON")
-    parser.add_argument("--quality", type=Path, help="`ddpm eval` report.json with steps per sampler")
+    parser.add_argument("--quality", type=Path, help="bench.quality --out JSON")
     parser.add_argument("--out", type=Path, default=OUT)
     args = parser.parse_args()
     written = []

@@ -55,7 +55,7 @@ def server(checkpoint: Path, log: Path, **settings: object) -> Iterator[str]:
                                 cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.monotonic() + 300
+        deadline = time.monotonic() + 1200  # a compiled server builds its buckets first (~50 s each on 2 CPU cores)
         while time.monotonic() < deadline:
             try:
                 if httpx.get(f"{url}/readyz", timeout=2).status_code == 200:
