@@ -1,4 +1,4 @@
-"""The FastAPI application: endpoints of the contract in DESIGN.md section 3.
+"""The FastAPI application: the endpoints of the HTTP contract (README.md, "The API").
 
 (No `from __future__ import annotations` here: FastAPI must see the request model built in
 `create_app` as a real type, not as a string naming a local variable.)
@@ -127,12 +127,7 @@ async def wait_disconnect(request: Request) -> None:
 def create_app(settings: Settings | None = None, *, model: DiffusionModel | None = None) -> FastAPI:
     settings = settings or Settings()
     service = Service(settings, model)
-    # A request larger than the batch plus the queue could never be admitted: say so with a 422
-    # naming the bound, instead of a 429 whose Retry-After would never help.
-    admissible = settings.max_images_per_request
-    if settings.max_batch is not None:
-        admissible = min(admissible, settings.max_batch + settings.max_queue_images)
-    Body = request_model(service.config, max_images=admissible, max_steps=service.max_steps,
+    Body = request_model(service.config, max_images=settings.admissible_images, max_steps=service.max_steps,
                          max_guidance=settings.max_guidance)
     bearer = HTTPBearer(auto_error=False, description="required when DDPM_API_KEYS is set")
 

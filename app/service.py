@@ -168,7 +168,7 @@ class Service:
             "defaults": {"sampler": self.default_sampler, "steps": self.default_steps, "eta": c.sampling.eta,
                          "guidance": c.sampling.guidance, "spacing": c.sampling.spacing},
             "limits": {
-                "max_images_per_request": s.max_images_per_request,
+                "max_images_per_request": s.admissible_images,
                 "max_steps": self.max_steps,
                 "max_batch": self.max_batch,
                 "max_queue_images": s.max_queue_images,

@@ -20,8 +20,10 @@ class Settings(BaseSettings):
     checkpoint: Path | None = Field(None, description="a .safetensors checkpoint; empty: the embedded digits model")
     device: str = Field("auto", description="auto (CUDA when present, else CPU), cpu, cuda, cuda:N")
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field(
-        "auto", description="network precision; auto: bf16 on a GPU, fp32 on a CPU")
-    channels_last: bool = Field(True, description="channels_last memory format (measured as fast or faster everywhere)")
+        "auto", description="network precision; auto: bf16 on a GPU (fp16 where it lacks bf16); on a CPU "
+                "bf16 where it runs natively and the network needs >= 1 GFLOP per image, else fp32")
+    channels_last: bool = Field(True, description="channels_last memory format (measured as fast or "
+                                  "faster than contiguous at serving batch sizes)")
     compile: bool = Field(False, description="torch.compile the network, one graph per batch bucket "
                                              "(slower start, faster steps)")
     compile_cache_dir: Path | None = Field(None, description="where compiled kernels are cached across restarts")
@@ -58,6 +60,15 @@ class Settings(BaseSettings):
         if value is not None and value not in SAMPLERS:
             raise ValueError(f"default_sampler={value!r} is not one of {', '.join(SAMPLERS)}")
         return value
+
+    @property
+    def admissible_images(self) -> int:
+        """The largest n a request may ask for: a request larger than the batch plus the queue
+        could never be admitted, so it is refused with a 422 naming this bound (not a 429 whose
+        Retry-After would never help)."""
+        if self.max_batch is None:
+            return self.max_images_per_request
+        return min(self.max_images_per_request, self.max_batch + self.max_queue_images)
 
     @property
     def keys(self) -> frozenset[str]:

@@ -1,4 +1,4 @@
-"""The HTTP contract (DESIGN.md section 3): every endpoint and every error."""
+"""The HTTP contract (README.md, "The API"): every endpoint and every error."""
 
 from __future__ import annotations
 
@@ -273,6 +273,8 @@ def test_a_request_that_could_never_be_admitted_gets_422(tiny_checkpoint: Path) 
         r = c.post("/generate", json={"n": 2, "steps": 2})
         assert r.status_code == 422 and "less than or equal to 1" in r.json()["detail"][0]["msg"]
         assert c.post("/generate", json={"n": 1, "steps": 2}).status_code == 200
+        # the model card tells clients the bound that is enforced, not the looser setting
+        assert c.get("/v1/model").json()["limits"]["max_images_per_request"] == 1
 
 
 def test_empty_environment_variables_mean_unset(monkeypatch: pytest.MonkeyPatch) -> None:
