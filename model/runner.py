@@ -54,7 +54,7 @@ class Denoiser:
         unet: UNet,
         *,
         dtype: torch.dtype = torch.float32,
-        channels_last: bool = False,
+        channels_last: bool = True,
         compile: bool = False,
         buckets: Sequence[int] | None = None,
     ) -> None:
