@@ -2,7 +2,7 @@
 
     python -m bench.server --out bench/results/server.json
 
-Measures (DESIGN.md section 5):
+Measures (the server targets in docs/benchmarks.md):
   1. images/s with C concurrent clients (1 image, S steps each, closed loop) against the
      offline batched sampler at batch C, and against a server that handles one request at a
      time (the same server with DDPM_MAX_BATCH=1);

@@ -6,7 +6,7 @@ batch, timed in alternation in one process. Reports ms per image per network cal
 convolution throughput at the same batch and precision.
 
     python -m bench.unet --batches 1 8 32 --repeats 5 [--compile] --out bench/results/unet.json
-    python -m bench.unet --embedded --out bench/results/unet-digits.json
+    python -m bench.unet --embedded --threads 1 --out bench/results/unet-digits-1thread.json
 
 --compile adds torch.compile columns (one graph per batch, built before timing; minutes).
 --embedded times the embedded digits network instead, in each precision and memory format:

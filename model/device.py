@@ -29,11 +29,12 @@ def cpu_has_fast_bf16() -> bool:
 
 # Below this much work per image a CPU forward pass is bound by the fixed cost of each of its
 # few hundred operators, not by arithmetic (docs/benchmarks.md measures both kinds):
-#  - bf16 only adds conversions: the 0.05-GFLOP digits network runs 1.2-1.5x slower in bf16 at
-#    batch 1, while the 12-GFLOP CIFAR-10 network runs 1.7x faster;
+#  - bf16 only adds conversions: the 0.05-GFLOP digits network runs 1.4-1.7x slower in bf16 at
+#    batch 1 and no faster at 16, while the 12-GFLOP CIFAR-10 network runs 1.5-1.9x faster;
 #  - a second thread only adds wake-ups: the digits network is as fast or faster on one
-#    thread in every case measured but batch 16 on idle cores, and 3-6x faster next to a busy
-#    neighbour.
+#    thread up to batch 64 under PASSIVE OpenMP (spinning threads win only on idle cores), and
+#    next to a busy neighbour one thread is 1.1-1.7x faster than two PASSIVE threads and
+#    1.8-7x faster than two spinning ones.
 SMALL_NETWORK_GFLOPS = 1.0
 
 
