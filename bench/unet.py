@@ -26,28 +26,15 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from bench.common import interleaved, machine, median, write_json
 from model.config import UNetConfig
-from model.convert import convert_state_dict, unet_config_from_diffusers
+from model.convert import PAPER_CIFAR10_LAYOUT, convert_state_dict, unet_config_from_diffusers
 from model.unet import UNet
 
-PAPER_DIFFUSERS = {
-    "sample_size": 32,
-    "block_out_channels": (128, 256, 256, 256),
-    "layers_per_block": 2,
-    "down_block_types": ("DownBlock2D", "AttnDownBlock2D", "DownBlock2D", "DownBlock2D"),
-    "up_block_types": ("UpBlock2D", "UpBlock2D", "AttnUpBlock2D", "UpBlock2D"),
-    "attention_head_dim": None,
-    "norm_eps": 1e-6,
-    "downsample_padding": 0,
-    "flip_sin_to_cos": False,
-    "freq_shift": 1,
-}
 
-
-def build_pair(compile_: bool = False) -> tuple[torch.nn.Module, UNet]:
+def build_pair() -> tuple[torch.nn.Module, UNet]:
     from diffusers import UNet2DModel
 
     torch.manual_seed(0)
-    ref = UNet2DModel(**PAPER_DIFFUSERS).eval()
+    ref = UNet2DModel(**PAPER_CIFAR10_LAYOUT).eval()
     config: UNetConfig = unet_config_from_diffusers(dict(ref.config))
     ours = UNet(config).eval()
     ours.load_state_dict(convert_state_dict(ref.state_dict()))

@@ -11,22 +11,11 @@ from safetensors.torch import save_file
 
 from cli import main
 from model import RowSpec, build_plan, load_checkpoint
-from model.convert import ConversionError, convert_diffusers
+from model.convert import PAPER_CIFAR10_LAYOUT, ConversionError, convert_diffusers
 
 # The paper's CIFAR-10 layout (google/ddpm-cifar10-32) at a quarter of the width.
-PAPER_LAYOUT = {
-    "sample_size": 16,
-    "block_out_channels": (32, 64, 64, 64),
-    "layers_per_block": 2,
-    "down_block_types": ("DownBlock2D", "AttnDownBlock2D", "DownBlock2D", "DownBlock2D"),
-    "up_block_types": ("UpBlock2D", "UpBlock2D", "AttnUpBlock2D", "UpBlock2D"),
-    "attention_head_dim": None,
-    "norm_eps": 1e-6,
-    "norm_num_groups": 8,
-    "downsample_padding": 0,
-    "flip_sin_to_cos": False,
-    "freq_shift": 1,
-}
+PAPER_LAYOUT = {**PAPER_CIFAR10_LAYOUT, "sample_size": 16, "block_out_channels": (32, 64, 64, 64),
+                "norm_num_groups": 8}
 
 
 @pytest.fixture(scope="module")
