@@ -14,11 +14,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
-SCHEDULES = ("linear", "cosine")
-PREDICTIONS = ("epsilon", "x0", "v")
-VARIANCES = ("fixed_small", "fixed_large")
-SAMPLERS = ("ddpm", "ddim", "dpmpp_2m")
-SPACINGS = ("trailing", "leading", "linspace")
+from .modes import PREDICTIONS, SAMPLERS, SCHEDULES, SPACINGS, VARIANCES
 
 FORMAT_VERSION = 1
 
