@@ -46,7 +46,7 @@ pytestmark = [
 ]
 
 KEY = "browser-test-key"
-SEED = 2**63 - 2  # the largest n = 2 may use
+SEED = 2**53 - 2  # the largest n = 2 may use (the API seed range ends at 2^53 - 1)
 AUTH = {"Authorization": f"Bearer {KEY}"}
 # Chromium on a machine without a network: no sandbox as root, no GPU, and none of the
 # background connections (updates, sync, QUIC probes) that a closed network refuses.
