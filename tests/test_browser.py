@@ -24,6 +24,9 @@ import numpy as np
 import pytest
 from PIL import Image, ImageSequence
 
+from app.docs_assets import install_offline_docs
+
+from .live import live_app
 from .test_process import serve_process
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
@@ -49,10 +52,14 @@ KEY = "browser-test-key"
 SEED = 2**63 - 2  # the largest n = 2 may use
 AUTH = {"Authorization": f"Bearer {KEY}"}
 # Chromium on a machine without a network: no sandbox as root, no GPU, and none of the
-# background connections (updates, sync, QUIC probes) that a closed network refuses.
+# background connections (updates, sync, QUIC probes) that a closed network refuses. Every host
+# but the loopback is made unreachable, whatever network this machine has: names do not resolve,
+# and anything else goes to a proxy on a closed loopback port (Chromium never proxies loopback).
+# So a page that needs a CDN fails here as it would on an air-gapped machine.
 CHROMIUM_FLAGS = ("--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
                   "--disable-background-networking", "--disable-component-update", "--disable-sync",
-                  "--disable-dev-shm-usage", "--force-device-scale-factor=1", "--window-size=1280,1000", "--lang=en")
+                  "--disable-dev-shm-usage", "--force-device-scale-factor=1", "--window-size=1280,1000", "--lang=en",
+                  "--host-resolver-rules=MAP * ~NOTFOUND, EXCLUDE 127.0.0.1", "--proxy-server=http://127.0.0.1:9")
 
 
 @pytest.fixture(scope="module")
@@ -342,3 +349,50 @@ def test_page_generates_shows_both_chains_and_server_errors(
     if target := os.environ.get("DDPM_PAGE_SCREENSHOT"):
         Path(target).parent.mkdir(parents=True, exist_ok=True)
         Path(target).write_bytes(shot)
+
+
+@pytest.fixture(scope="module")
+def docs_server(tiny_checkpoint: Path) -> Iterator[str]:
+    """The app with its documentation pages made offline (a no-op where create_app already did)."""
+    with live_app(tiny_checkpoint) as (url, app):
+        install_offline_docs(app)
+        yield url
+
+
+def loaded_from(driver: Any) -> list[str]:
+    """Every URL the page loaded or tried to: the document and each resource."""
+    return js(driver, "[location.href, ...performance.getEntriesByType('resource').map((e) => e.name)]")
+
+
+@pytest.mark.parametrize(("page", "rendered"), [
+    # Swagger UI: one block per operation, each with its method and path.
+    ("/docs", "[...document.querySelectorAll('.opblock .opblock-summary-path')].map((e) => e.innerText)"),
+    # ReDoc: the operations in its menu, by summary.
+    ("/redoc", "[...document.querySelectorAll('[role=menuitem], li[data-item-id] label')].map((e) => e.innerText)"),
+])
+def test_api_docs_render_with_no_internet(browser: Any, docs_server: str, page: str, rendered: str) -> None:
+    # Record what the page's Content-Security-Policy refuses, from before its first script runs.
+    watch = browser.execute_cdp_cmd("Page.addScriptToEvaluateOnNewDocument", {"source": (
+        "window.refused = []; document.addEventListener('securitypolicyviolation',"
+        " (e) => window.refused.push(e.blockedURI), true);")})
+    try:
+        browser.get(docs_server + page)
+    finally:
+        browser.execute_cdp_cmd("Page.removeScriptToEvaluateOnNewDocument", {"identifier": watch["identifier"]})
+    schema = httpx.get(docs_server + "/openapi.json").json()
+    wait(browser, f"{rendered}.length >= {len(schema['paths'])}")
+    text = "\n".join(js(browser, rendered))
+    if page == "/docs":
+        for path in schema["paths"]:
+            assert path in text.split("\n"), (path, text)
+        # An operation opens and shows its request body's fields, drawn from the schema.
+        browser.find_element(By.CSS_SELECTOR, "#operations-default-generate_generate_post button").click()
+        wait(browser, "document.querySelector('#operations-default-generate_generate_post .opblock-body')"
+                      "?.innerText.includes('response_format')")
+    else:
+        assert "Generate images" in text and "Model card and limits" in text, text
+        assert "/generate" in js(browser, "document.body.innerText")
+    # Anything the bundled scripts name elsewhere (ReDoc's Redocly logo) was refused by the page's
+    # policy inside the browser: no request left for another host.
+    outside = [u for u in loaded_from(browser) if not u.startswith(docs_server + "/")]
+    assert sorted(outside) == sorted(js(browser, "window.refused")), outside
