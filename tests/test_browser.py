@@ -396,3 +396,69 @@ def test_api_docs_render_with_no_internet(browser: Any, docs_server: str, page: 
     # policy inside the browser: no request left for another host.
     outside = [u for u in loaded_from(browser) if not u.startswith(docs_server + "/")]
     assert sorted(outside) == sorted(js(browser, "window.refused")), outside
+
+
+def ready_page(driver: Any, url: str) -> None:
+    """The page loaded and past the key prompt (the key stays in the tab's session storage)."""
+    driver.get(url + "/")
+    wait(driver, "['auth', 'ready'].includes(document.body.dataset.state)")
+    if js(driver, "document.body.dataset.state") == "auth":
+        driver.find_element(By.ID, "api-key").send_keys(KEY, Keys.ENTER)
+    wait(driver, "document.body.dataset.state === 'ready'")
+
+
+def test_class_options_name_each_class_once(browser: Any, server: str) -> None:
+    ready_page(browser, server)
+    # The tiny model's classes are named "0".."9": each option says it once, not "7: 7".
+    options = [o.text for o in Select(browser.find_element(By.ID, "label")).options]
+    assert options == ["none (unconditional)", *[str(i) for i in range(10)]]
+    # Other names and aliases (the model card's class_aliases, per class or by name).
+    cases = module_call(browser, "labels.js", """[
+        m.classOption(7, '7'), m.classOption(3, 'cat'), m.classOption(3, undefined),
+        m.classOption(7, '7', ['seven', '7']), m.classOption(0, 'airplane', ['plane', 'aeroplane']),
+        m.aliasesOf({class_names: ['a', 'b'], class_aliases: [['x'], 'y']}, 1),
+        m.aliasesOf({class_names: ['a', 'b'], class_aliases: {b: ['z', 'w']}}, 1),
+        m.aliasesOf({class_names: ['a', 'b'], class_aliases: {'0': 'q'}}, 0),
+        m.aliasesOf({class_names: ['a', 'b']}, 0)]""")
+    assert cases == ["7", "3: cat", "3", "7 (seven)", "0: airplane (plane, aeroplane)", ["y"], ["z", "w"], ["q"], []]
+
+
+def test_status_follows_the_run_and_long_seeds_keep_the_grid(browser: Any, server: str) -> None:
+    """While sampling runs the status says so (not "Queued with 0 images ahead"); four images
+    with 19-digit seeds stay one row of equal cells, no button wider than its cell."""
+    ready_page(browser, server)
+    # The status text at every progress event, recorded by the page itself as the events arrive.
+    browser.execute_script("""
+        window.statusAtProgress = [];
+        new MutationObserver(() => window.statusAtProgress.push(document.getElementById('status').textContent))
+          .observe(document.getElementById('progress-box'), {attributes: true, attributeFilter: ['data-events']});""")
+    for element_id, value in (("n", "4"), ("steps", "40"), ("preview-every", "0")):
+        browser.find_element(By.ID, element_id).clear()
+        browser.find_element(By.ID, element_id).send_keys(value)
+    seed = browser.find_element(By.ID, "seed")
+    seed.clear()
+    seed.send_keys(str(2**63 - 4), Keys.ENTER)  # the largest n = 4 may use: as long as a drawn seed gets
+    wait(browser, "document.body.dataset.run === 'done'")
+    seen = js(browser, "window.statusAtProgress")
+    assert seen and not any("Queued" in s for s in seen), seen
+    assert any(s.startswith("Sampling 4 images") for s in seen), seen
+    assert browser.find_element(By.ID, "status").text.startswith("Done: 4 images")
+
+    cells = js(browser, """[...document.querySelectorAll('#results > li')].map((li) => {
+        const r = li.getBoundingClientRect(), img = li.querySelector('img').getBoundingClientRect();
+        const over = [...li.querySelectorAll('button, a, figcaption')]
+          .filter((b) => b.scrollWidth > b.clientWidth + 1 || b.getBoundingClientRect().right > r.right + 1);
+        return {top: Math.round(r.top), width: r.width, image: img.width, overflowing: over.length};
+    })""")
+    assert len(cells) == 4
+    assert len({c["top"] for c in cells}) == 1, cells  # one row, not three columns and a straggler
+    assert len({round(c["width"]) for c in cells}) == 1 and all(c["overflowing"] == 0 for c in cells), cells
+    assert all(c["width"] <= max(2 * c["image"], 200) for c in cells), cells  # the seed does not set the width
+    # The same holds for a seed the server draws.
+    seed.clear()
+    browser.find_element(By.ID, "generate").click()
+    wait(browser, "document.body.dataset.run === 'done'")
+    drawn = js(browser, "[...document.querySelectorAll('#results > li')].map((li) => li.dataset.seed)")
+    widths = js(browser, "[...document.querySelectorAll('#results > li')]"
+                         ".map((li) => li.getBoundingClientRect().width)")
+    assert len(drawn) == 4 and len(set(widths)) == 1 and widths[0] == cells[0]["width"], (drawn, widths)
