@@ -39,13 +39,16 @@ try:
 except ImportError:  # pragma: no cover - the skip below says why
     webdriver = None  # type: ignore[assignment]
 
-MISSING = [what for what, ok in (("selenium (pip: the test extra)", webdriver is not None),
+MISSING = [what for what, ok in (("selenium (pip install -e '.[test]')", webdriver is not None),
                                  ("chromium (apt-get install chromium)", CHROMIUM),
                                  ("chromedriver (apt-get install chromium-driver)", CHROMEDRIVER)) if not ok]
+# The remedies in the reason become the run's closing line (tests/skipsummary.py).
 pytestmark = [
     pytest.mark.slow,
     pytest.mark.timeout(120),
-    pytest.mark.skipif(bool(MISSING), reason=f"no browser to test the page in: missing {', '.join(MISSING)}"),
+    pytest.mark.skipif(bool(MISSING), reason="no browser to test the page in: missing chromium "
+                       "(apt-get install chromium) or chromedriver (apt-get install chromium-driver), "
+                       f"or selenium (pip install -e '.[test]'): {', '.join(MISSING)}"),
 ]
 
 KEY = "browser-test-key"
