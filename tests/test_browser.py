@@ -465,3 +465,28 @@ def test_status_follows_the_run_and_long_seeds_keep_the_grid(browser: Any, serve
     widths = js(browser, "[...document.querySelectorAll('#results > li')]"
                          ".map((li) => li.getBoundingClientRect().width)")
     assert len(drawn) == 4 and len(set(widths)) == 1 and widths[0] == cells[0]["width"], (drawn, widths)
+
+
+def test_readme_javascript_example_runs_on_the_page(browser: Any, docs_server: str) -> None:
+    """The README's browser example, as written, in the page's context (a server without keys)."""
+    from .test_readme import readme_blocks
+
+    [example] = readme_blocks("js")
+    browser.get(docs_server + "/")
+    wait(browser, "document.body.dataset.state === 'ready'")
+    before = js(browser, "document.images.length")
+    error = browser.execute_async_script(
+        "const done = arguments[arguments.length - 1];"
+        f"(async () => {{ {example} }})().then(() => done(null), (e) => done(String(e)));")
+    assert error is None
+    wait(browser, f"document.images.length === {before + 1} && document.images[{before}].complete", timeout=10)
+    image = js(browser, f"(() => {{ const i = document.images[{before}];"
+                        " return {src: i.src, w: i.naturalWidth, h: i.naturalHeight}; })()")
+    size = httpx.get(docs_server + "/v1/model").json()["image_size"]
+    assert image["src"].startswith("blob:") and (image["w"], image["h"]) == (size, size)
+    # And the error branch's shape, as its comment shows it.
+    detail = browser.execute_async_script("""const done = arguments[arguments.length - 1];
+        fetch('/generate', {method: 'POST', headers: {'content-type': 'application/json'},
+                            body: JSON.stringify({label: 2, steps: 1e9})})
+          .then((r) => r.json()).then((b) => done(b.detail));""")
+    assert detail[0]["field"] == "steps" and detail[0]["msg"].startswith("steps: Input should be")
