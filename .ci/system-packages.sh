@@ -3,6 +3,7 @@
 #   nginx-light, prometheus           tests/test_deploy.py (nginx and Prometheus in front of replicas)
 #   chromium, chromium-driver         tests/test_browser.py (the page and /docs in a real browser)
 #   redis-server                      the job queue's tests
+#   curl                              tests/test_readme.py (the README's shell examples)
 # Run by `make test` (and so by .ci/run). Only what is missing is installed; as root directly,
 # otherwise through `sudo -n` (never a password prompt). Nothing here fails the caller: without
 # apt-get, sudo or a network the suites that need these programs skip, and the test run's last
@@ -18,6 +19,7 @@ have nginx || missing+=(nginx-light)
 { have prometheus && have promtool; } || missing+=(prometheus)
 { have chromium && have chromedriver; } || missing+=(chromium chromium-driver)
 have redis-server || missing+=(redis-server)
+have curl || missing+=(curl)
 [ ${#missing[@]} -eq 0 ] && exit 0
 
 skip() { echo "system packages: $1; not installing ${missing[*]} (the tests that need them will skip)" >&2; exit 0; }

@@ -16,7 +16,7 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = ROOT / ".ci" / "system-packages.sh"
-PACKAGES = ["nginx-light", "prometheus", "chromium", "chromium-driver", "redis-server"]
+PACKAGES = ["nginx-light", "prometheus", "chromium", "chromium-driver", "redis-server", "curl"]
 BASH = shutil.which("bash") or "/bin/bash"
 
 
@@ -62,12 +62,12 @@ def test_installer_as_root_runs_apt_directly_and_only_for_what_is_missing(tmp_pa
     assert result.returncode == 0, result.stderr
     assert not any(c.startswith("sudo") for c in calls)
     install = next(c for c in calls if " install " in c)
-    assert install.startswith("apt-get sudo=0 ") and install.split()[-2:] == ["prometheus", "redis-server"]
+    assert install.startswith("apt-get sudo=0 ") and install.split()[-3:] == ["prometheus", "redis-server", "curl"]
     assert "nginx-light" not in install and "chromium" not in install
 
 
 def test_installer_does_nothing_when_everything_is_there(tmp_path: Path) -> None:
-    present = ("nginx", "prometheus", "promtool", "chromium", "chromedriver", "redis-server")
+    present = ("nginx", "prometheus", "promtool", "chromium", "chromedriver", "redis-server", "curl")
     result, calls = run_installer(tmp_path, uid=1000, sudo=True, present=present)
     assert result.returncode == 0 and calls == [] and result.stderr == ""
 
