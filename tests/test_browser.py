@@ -457,6 +457,11 @@ def test_status_follows_the_run_and_long_seeds_keep_the_grid(browser: Any, serve
     assert len({c["top"] for c in cells}) == 1, cells  # one row, not three columns and a straggler
     assert len({round(c["width"]) for c in cells}) == 1 and all(c["overflowing"] == 0 for c in cells), cells
     assert all(c["width"] <= max(2 * c["image"], 200) for c in cells), cells  # the seed does not set the width
+    # Each cell still names its full seed: in the caption, and in its button's accessible name.
+    captions = js(browser, "[...document.querySelectorAll('#results figcaption')].map((f) => f.textContent)")
+    assert captions == [f"#{i + 1} · seed {2**63 - 4 + i}" for i in range(4)]
+    assert js(browser, "[...document.querySelectorAll('#results button')].map((b) => b.getAttribute('aria-label'))"
+                       ".filter(Boolean)") == [f"Reuse seed {2**63 - 4 + i}" for i in range(4)]
     # The same holds for a seed the server draws.
     seed.clear()
     browser.find_element(By.ID, "generate").click()

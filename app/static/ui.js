@@ -271,9 +271,10 @@ async function addImage({ index, seed: jsonSeed, png_base64: png }) {
   state.run.images.push(image);
   state.run.images.sort((a, b) => a.index - b.index);
 
-  // The seed (up to 19 digits) is in the caption, which wraps; the buttons stay short, so a
+  // The seed (up to 19 digits) is in the caption, which wraps, and in the button's accessible
+  // name (which starts with its visible text); the buttons stay short, so a
   // long seed never widens the cell and every cell of the grid has the same width.
-  const reuse = el('button', { type: 'button', 'aria-label': `Reuse seed ${seed}` }, 'Reuse this seed');
+  const reuse = el('button', { type: 'button', 'aria-label': `Reuse seed ${seed}` }, 'Reuse seed');
   reuse.addEventListener('click', () => {
     $('seed').value = seed;
     $('seed').focus();
