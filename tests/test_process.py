@@ -7,8 +7,8 @@ import dataclasses
 import json
 import os
 import shutil
-import socket
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -115,7 +115,7 @@ def test_sigterm_past_the_drain_deadline_answers_every_open_request_with_503(
             try:
                 with httpx.Client(base_url=url, timeout=60) as c:
                     plain.append(c.post("/generate", json=body))
-            except BaseException as exc:  # noqa: BLE001  # reported by the assertion below
+            except BaseException as exc:  # reported by the assertion below
                 failures.append(exc)
 
         def stream() -> None:
@@ -123,7 +123,7 @@ def test_sigterm_past_the_drain_deadline_answers_every_open_request_with_503(
                 with httpx.Client(base_url=url, timeout=60) as c, c.stream("POST", "/generate/stream",
                                                                             json=body) as r:
                     streams.append(r.read().decode())  # raises if the chunked body is cut
-            except BaseException as exc:  # noqa: BLE001
+            except BaseException as exc:
                 failures.append(exc)
 
         threads = [threading.Thread(target=f) for f in (post, stream, post, stream)]
