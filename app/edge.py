@@ -184,8 +184,13 @@ class EdgeProtocol(H11Protocol):
             if self.conn.trailing_data[0] or self._served == 0:
                 if self._timer is None:
                     self._arm(self.limits.header_timeout_s, self._headers_late)
-            else:
-                self._disarm()  # idle between requests: uvicorn's keep-alive timer applies
+            else:  # idle between requests: the keep-alive timer applies
+                self._disarm()
+                if self.timeout_keep_alive_task is None:
+                    # uvicorn arms it when a response completes and drops it on any data, so a
+                    # body that ends after its response was sent would leave the connection untimed.
+                    self.timeout_keep_alive_task = self.loop.call_later(self.timeout_keep_alive,
+                                                                        self.timeout_keep_alive_handler)
         elif state is h11.SEND_BODY:
             if not self._in_body:
                 self._in_body = True

@@ -184,6 +184,13 @@ def test_an_idle_keep_alive_connection_is_closed_and_a_late_second_request_gets_
         start = time.monotonic()
         data, closed = read_until_closed(sock, 10)
         assert closed and data == b"" and 1.5 < time.monotonic() - start < 6  # keep_alive_timeout_s=2
+    with connect(url) as sock:  # a body that ends after its response was sent
+        sock.sendall(b"GET /readyz HTTP/1.1\r\nHost: x\r\nContent-Length: 4\r\n\r\n")
+        assert read_response(sock).startswith(b"HTTP/1.1 200 ")
+        sock.sendall(b"abcd")
+        start = time.monotonic()
+        data, closed = read_until_closed(sock, 10)
+        assert closed and data == b"" and 1.5 < time.monotonic() - start < 6
     with connect(url) as sock:
         sock.sendall(request)
         assert read_response(sock).startswith(b"HTTP/1.1 200 ")
