@@ -113,15 +113,16 @@ def bind(host: str, port: int) -> socket.socket:
     return sock
 
 
-def bind_error(host: str, port: int, exc: OSError) -> str:
+def bind_error(host: str, port: int, exc: OSError | OverflowError) -> str:
     """One line: the address, what is wrong, and how to choose another."""
     where = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
-    if exc.errno == errno.EADDRINUSE:
+    code = getattr(exc, "errno", None)
+    if code == errno.EADDRINUSE:
         what = "the address is already in use (another server is listening there)"
-    elif exc.errno == errno.EACCES:
+    elif code == errno.EACCES:
         what = "permission denied (ports below 1024 need privileges)"
     else:
-        what = exc.strerror or str(exc)
+        what = getattr(exc, "strerror", None) or str(exc)
     return (f"ddpm serve: error: cannot listen on {where}: {what}; choose another port with "
             f"--port N or DDPM_PORT=N (or another address with --host / DDPM_HOST)")
 
@@ -133,7 +134,7 @@ def serve(host: str | None = None, port: int | None = None, settings: Settings |
     port = settings.port if port is None else port
     try:
         sock = bind(host, port)
-    except OSError as exc:
+    except (OSError, OverflowError) as exc:  # OverflowError: a --port outside 0-65535
         print(bind_error(host, port, exc), file=sys.stderr)
         return 2
     limits = EdgeLimits.from_settings(settings)

@@ -8,6 +8,8 @@ import contextlib
 import os
 import selectors
 import socket
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -267,3 +269,16 @@ def test_the_connection_cap_refuses_only_the_excess(tiny_checkpoint: Path, tmp_p
             for sock in idle[5:]:
                 sock.close()
         assert wait_for(lambda: open_fds(proc.pid) <= baseline + 1, 5), (baseline, open_fds(proc.pid))
+
+
+@pytest.mark.parametrize("hard, expected", [(300, 300 - 128), (5000, 1000)])
+def test_the_cap_fits_the_open_file_limit(hard: int, expected: int) -> None:
+    """Past the open-file limit accept() fails and asyncio stops accepting everyone for a second:
+    the soft limit is raised to hold the cap where the hard limit allows, else the cap is lowered."""
+    code = (f"import resource; resource.setrlimit(resource.RLIMIT_NOFILE, (256, {hard}))\n"
+            "from app.edge import fit_to_fd_limit\n"
+            "print(fit_to_fd_limit(1000), resource.getrlimit(resource.RLIMIT_NOFILE)[0])")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60,
+                            cwd=Path(__file__).resolve().parents[1])
+    cap, soft = map(int, result.stdout.split())
+    assert cap == expected and soft == min(hard, 1000 + 128), result.stderr

@@ -159,6 +159,7 @@ def test_sigterm_past_the_drain_deadline_answers_every_open_request_with_503(
     assert took < drain + 2.0, f"exited {took:.2f}s after SIGTERM"
 
 
+@pytest.mark.slow
 def test_a_busy_port_is_one_line_and_exit_2(tiny_checkpoint: Path) -> None:
     with socket.socket() as taken:
         taken.bind(("127.0.0.1", 0))
@@ -173,6 +174,10 @@ def test_a_busy_port_is_one_line_and_exit_2(tiny_checkpoint: Path) -> None:
             assert len(lines) == 1, lines
             assert f"127.0.0.1:{port}" in lines[0] and "already in use" in lines[0]
             assert "--port" in lines[0] and "DDPM_PORT" in lines[0]
+    result = subprocess.run([sys.executable, "-m", "cli", "serve", "--port", "70000"], cwd=ROOT, env=environ,
+                            capture_output=True, text=True, timeout=60)
+    lines = (result.stdout + result.stderr).strip().splitlines()
+    assert result.returncode == 2 and len(lines) == 1 and ":70000" in lines[0] and "--port" in lines[0], lines
 
 
 @pytest.mark.slow
