@@ -34,7 +34,7 @@ import time
 import uuid
 from dataclasses import dataclass, field
 from http import HTTPStatus
-from typing import Any, ClassVar
+from typing import Any, ClassVar, NoReturn
 
 import h11
 from uvicorn.protocols.http.h11_impl import H11Protocol
@@ -44,6 +44,7 @@ from .settings import Settings
 log = logging.getLogger("ddpm.edge")
 REFUSED_RETRY_AFTER_S = 1  # a slot frees as soon as any client finishes
 REFUSE_LINGER_S = 1.0  # how long a refused client may take to read its 503 before the close
+MAX_HEADER_BYTES = 16 * 1024  # request line and headers: h11's default limit, nginx's is 4 x 8 KiB
 MAX_LINGERING = 64  # refused connections waiting to be read; beyond this they are reset at once
 
 
@@ -91,6 +92,10 @@ class StrictConnection(h11.Connection):
 
     problem: tuple[int, str] | None = None
 
+    def __init__(self, max_header_bytes: int = MAX_HEADER_BYTES) -> None:
+        super().__init__(h11.SERVER, max_header_bytes)
+        self.max_header_bytes = max_header_bytes
+
     def next_event(self) -> Any:
         try:
             event = super().next_event()
@@ -101,10 +106,17 @@ class StrictConnection(h11.Connection):
             names = {name for name, _ in event.headers}
             if b"content-length" in names and b"transfer-encoding" in names:
                 # h11 would let Transfer-Encoding win; a proxy in front may have used Content-Length.
-                reason = "both Content-Length and Transfer-Encoding (RFC 9112 section 6.3)"
-                self.problem = (400, reason)
-                raise h11.RemoteProtocolError(reason, error_status_hint=400)
+                self._refuse(400, "both Content-Length and Transfer-Encoding (RFC 9112 section 6.3)")
+            # h11 applies its size limit only to headers still incomplete, so headers that arrive
+            # in one packet could be of any size: the same limit, whatever the packets.
+            size = len(event.target) + sum(len(n) + len(v) + 4 for n, v in event.headers)
+            if size > self.max_header_bytes:
+                self._refuse(431, f"request line and headers of {size} bytes exceed {self.max_header_bytes}")
         return event
+
+    def _refuse(self, status: int, reason: str) -> NoReturn:
+        self.problem = (status, reason)
+        raise h11.RemoteProtocolError(reason, error_status_hint=status)
 
 
 class EdgeProtocol(H11Protocol):
@@ -113,7 +125,8 @@ class EdgeProtocol(H11Protocol):
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        self.conn = StrictConnection(h11.SERVER, self.conn._max_incomplete_event_size)
+        size = self.config.h11_max_incomplete_event_size
+        self.conn = StrictConnection() if size is None else StrictConnection(size)
         self.timeout_keep_alive = self.limits.keep_alive_timeout_s
         self._refused = False
         self._lingering = False  # a refused connection waiting for its client to read the 503

@@ -282,3 +282,12 @@ def test_the_cap_fits_the_open_file_limit(hard: int, expected: int) -> None:
                             cwd=Path(__file__).resolve().parents[1])
     cap, soft = map(int, result.stdout.split())
     assert cap == expected and soft == min(hard, 1000 + 128), result.stderr
+
+
+def test_oversized_headers_get_431_naming_the_problem(server: tuple[str, int, Path]) -> None:
+    url, _, _ = server
+    with connect(url) as sock:
+        sock.sendall(b"GET /readyz HTTP/1.1\r\nHost: x\r\nX-Big: " + b"a" * 20_000 + b"\r\n\r\n" + PIPELINED)
+        data, closed = read_until_closed(sock, 5)
+    assert closed and data.startswith(b"HTTP/1.1 431 ") and data.count(b"HTTP/1.1 ") == 1, data[:300]
+    assert b"application/json" in data and b"invalid HTTP request" in data
