@@ -192,3 +192,23 @@ def test_dashboard_configmap_is_generated_from_the_compose_dashboard() -> None:
         assert cm["data"]["ddpm.json"] == DASHBOARD.read_text()
         assert cm["metadata"]["labels"]["grafana_dashboard"] == "1"
     assert not list((ROOT / "k8s").rglob("*.json")), "a copy of the dashboard would drift"
+
+
+def test_autoscaling_targets_are_the_capacity_models() -> None:
+    from bench.capacity_run import RESULTS, targets
+
+    recorded = json.loads(RESULTS.read_text())
+    want = {kind: targets(recorded, kind) for kind in ("cpu", "gpu")}  # recomputed from the recorded curves
+    for overlay in OVERLAYS:
+        docs = render(overlay)
+        kind = "gpu" if overlay.startswith("gpu") else "cpu"
+        assert "THRESHOLD" not in json.dumps(docs) and "LAGCOUNT" not in json.dumps(docs), overlay
+        held = str(want[kind]["images_held"])
+        if overlay.endswith("-hpa"):
+            (metric,) = one(docs, "HorizontalPodAutoscaler")["spec"]["metrics"]
+            assert metric["pods"]["target"]["averageValue"] == held
+            continue
+        triggers = {t["name"]: t["metadata"] for t in one(docs, "ScaledObject")["spec"]["triggers"]}
+        assert triggers["images-held"]["threshold"] == held, (overlay, held)
+        if overlay.endswith("-jobs"):
+            assert triggers["job-backlog"]["lagCount"] == str(want[kind]["job_lag"])
