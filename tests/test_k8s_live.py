@@ -48,7 +48,7 @@ pytestmark = [pytest.mark.slow,
 KEY = "k8s-test-key"
 SECRETS = {"api-keys": KEY, "webhook-secret": "whsec_" + base64.b64encode(b"k8s-test-webhook-secret!").decode()}
 AUTH = {"Authorization": f"Bearer {KEY}"}
-LONG = {"n": 4, "steps": 250, "sampler": "ddim", "seed": 7}  # seconds of work on this machine
+LONG: dict[str, Any] = {"n": 4, "steps": 250, "sampler": "ddim", "seed": 7}  # seconds of work here
 
 
 @contextmanager
