@@ -7,6 +7,8 @@
 - Prometheus scraping two such replicas as the ServiceMonitor tells the operator to; every query
   of the KEDA trigger, the HPA's prometheus-adapter rule and the dashboard returns series.
 - redis-server holding the job stream and consumer group the KEDA Redis trigger names.
+- nginx configured with the directives ingress-nginx derives from the Ingress's annotations, in
+  front of such a pod: events unbuffered, the server's 413 below the Ingress's body limit.
 """
 
 from __future__ import annotations
@@ -273,3 +275,59 @@ def test_redis_reports_the_backlog_the_keda_redis_trigger_reads(tmp_path: Path) 
         # KEDA's lagCount reads the group's lag: jobs no engine has taken yet (pending: taken, not done).
         assert (group["lag"], group["pending"]) == (3, 2)
         assert int(meta["lagCount"]) >= 1 and int(meta["activationLagCount"]) == 0
+
+
+# What ingress-nginx writes into its nginx.conf for each annotation the Ingress uses (its
+# annotations reference); `load-balance: ewma` is its Lua balancer, which plain nginx has not.
+INGRESS_NGINX_DIRECTIVES = {
+    "proxy-read-timeout": "proxy_read_timeout {}s", "proxy-send-timeout": "proxy_send_timeout {}s",
+    "proxy-connect-timeout": "proxy_connect_timeout {}s", "proxy-buffering": "proxy_buffering {}",
+    "proxy-request-buffering": "proxy_request_buffering {}", "proxy-body-size": "client_max_body_size {}",
+    "proxy-next-upstream": "proxy_next_upstream {}", "proxy-next-upstream-tries": "proxy_next_upstream_tries {}",
+}
+
+
+def ingress_nginx_conf(ingress: dict[str, Any], upstream: str, port: int, tmp: Path) -> str:
+    prefix = "nginx.ingress.kubernetes.io/"
+    annotations = {k.removeprefix(prefix): v for k, v in ingress["metadata"]["annotations"].items()}
+    assert set(annotations) - {"load-balance"} == set(INGRESS_NGINX_DIRECTIVES), annotations
+    directives = "".join(f"            {INGRESS_NGINX_DIRECTIVES[k].format(v)};\n" for k, v in annotations.items()
+                         if k in INGRESS_NGINX_DIRECTIVES)
+    kinds = ("client_body", "proxy", "fastcgi", "uwsgi", "scgi")
+    temp = "".join(f"    {kind}_temp_path {tmp / kind};\n" for kind in kinds)
+    return (f"events {{}}\nhttp {{\n{temp}    upstream ddpm {{ server {upstream}; }}\n"
+            f"    server {{\n        listen 127.0.0.1:{port};\n        location / {{\n"
+            f"            proxy_pass http://ddpm;\n            proxy_http_version 1.1;\n{directives}"
+            "        }\n    }\n}\n")
+
+
+@pytest.mark.timeout(180)
+def test_nginx_with_the_ingress_settings_streams_events_and_passes_the_servers_limits(
+        two_pods: dict[str, str], tmp_path: Path) -> None:
+    binary = daemons.tool("nginx")
+    if not binary:
+        pytest.skip("nginx is not installed (Debian: apt-get install nginx-light)")
+    port = free_port()
+    conf = tmp_path / "nginx.conf"
+    conf.write_text(ingress_nginx_conf(one(render("cpu"), "Ingress"), two_pods["ddpm-1"].removeprefix("http://"),
+                                       port, tmp_path))
+    with daemons.nginx(binary, conf, tmp_path, port) as url, httpx.Client(base_url=url, timeout=120) as client:
+        # Events pass one by one (the server spaces progress events >= 50 ms), not in one burst
+        # (the server's X-Accel-Buffering: no asks nginx for this too; the annotation makes sure).
+        with client.stream("POST", "/generate/stream", json={"steps": 200, "sampler": "ddim", "seed": 1},
+                           headers=AUTH) as stream:
+            assert stream.status_code == 200
+            arrivals = []
+            for line in stream.iter_lines():
+                if line == "event: progress":
+                    arrivals.append(time.monotonic())
+                if len(arrivals) == 4:
+                    break
+            assert arrivals[-1] - arrivals[0] >= 0.1, arrivals
+        # Between the server's limit and the Ingress's: the server's own 413, naming its limit.
+        padded = {"steps": 2, "pad": "x" * 20_000}
+        r = client.post("/generate", json=padded, headers=AUTH)
+        assert r.status_code == 413 and "max_body_bytes=16384" in r.json()["detail"]
+        # Above the Ingress's limit: nginx stops it.
+        r = client.post("/generate", json={"steps": 2, "pad": "x" * 70_000}, headers=AUTH)
+        assert r.status_code == 413 and "nginx" in r.text
