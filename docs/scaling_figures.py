@@ -58,7 +58,12 @@ def replicas(results: dict[str, Any], out: Path) -> Path:
     for ax, kind in zip(axes, ("cpu", "gpu"), strict=True):
         use = results["use"][kind]
         p99 = results["hardware"][kind]["p99_s"]
-        ax.step([r["rate"] for r in use["replicas"]], [r["replicas"] for r in use["replicas"]], "o-", where="post")
+        # Simulated at these rates only: between them the need lies between the neighbours' values.
+        ax.plot([r["rate"] for r in use["replicas"]], [r["replicas"] for r in use["replicas"]], "o:")
+        for r in use["replicas"]:
+            ax.annotate(str(r["replicas"]), (r["rate"], r["replicas"]), textcoords="offset points", xytext=(4, 4),
+                        fontsize=8)
+        ax.set_xscale("log", base=2)
         ax.set_xlabel("arrival rate (requests/s, interactive mix)")
         ax.set_ylabel(f"replicas for p99 <= {p99:g} s")
         title = "embedded model, CPU replica (measured curve)" if kind == "cpu" else \
