@@ -54,6 +54,7 @@ def test_every_overlay_renders_with_the_resources_it_promises() -> None:
         assert ("HorizontalPodAutoscaler" in kinds) == overlay.endswith("-hpa"), overlay
         assert ("ScaledObject" in kinds) != overlay.endswith("-hpa"), overlay  # one autoscaler, not two
         assert ("StatefulSet" in kinds) == (overlay == "gpu-jobs"), overlay
+        assert "replicas" not in one(render(overlay), "Deployment")["spec"]  # the autoscaler's to set
         assert {d["metadata"].get("namespace") for d in render(overlay) if d["kind"] != "Namespace"} == {"ddpm"}
 
 
