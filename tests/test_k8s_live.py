@@ -34,6 +34,7 @@ from . import daemons
 from .deploy_files import ROOT
 from .k8s_files import (
     K8S,
+    NO_KUBECTL,
     OVERLAYS,
     kubectl,
     manifest_env,
@@ -45,7 +46,7 @@ from .k8s_files import (
 from .live import free_port
 
 pytestmark = [pytest.mark.slow,
-              pytest.mark.skipif(kubectl() is None, reason="kubectl (with its kustomize) is not installed")]
+              pytest.mark.skipif(kubectl() is None, reason=NO_KUBECTL)]
 
 KEY = "k8s-test-key"
 SECRETS = {"api-keys": KEY, "webhook-secret": "whsec_" + base64.b64encode(b"k8s-test-webhook-secret!").decode()}
