@@ -19,8 +19,9 @@ import torch
 from tqdm import tqdm
 
 from model import DiffusionModel, ModelConfig, UNet, load_checkpoint
-from model.config import ConfigError, build_dataclass
+from model.config import ConfigError
 from model.schedule import NoiseSchedule
+from model.validation import parse
 from model.vlb import prior_bpd, timestep_bpd, variational_bound
 
 from .config import DataConfig
@@ -146,7 +147,7 @@ def data_config_of(cfg: ModelConfig, overrides: dict[str, Any]) -> DataConfig:
         raise ConfigError("this checkpoint does not record the data set it was trained on (provenance.data); "
                           "pass --dataset (and --data-path) to name the held-out data")
     keys = ("dataset", "path", "holdout", "split_seed", "labels", "image_size", "channels")
-    return build_dataclass(DataConfig, {k: recorded[k] for k in keys if k in recorded}, prefix="data.")
+    return parse(DataConfig, {k: recorded[k] for k in keys if k in recorded}, prefix="data")
 
 
 def evaluate(opts: EvalOptions) -> dict[str, Any]:
