@@ -7,7 +7,10 @@ the previous file intact. Every failure names the file and what is wrong with it
 
 from __future__ import annotations
 
+import hashlib
+import json
 import os
+import struct
 import tempfile
 from collections.abc import Callable, Mapping
 from pathlib import Path
@@ -63,6 +66,43 @@ def save_checkpoint(
     tensors = {k: v.detach().to("cpu", torch.float32).contiguous() for k, v in state.items()}
     metadata = {CONFIG_KEY: config.to_json(), "format": "pt"}
     return atomic_write(path, lambda tmp: save_file(tensors, str(tmp), metadata=metadata))
+
+
+def weights_digest(path: str | os.PathLike[str]) -> str:
+    """SHA-256 of a safetensors file's tensor bytes (everything after the header): equal digests
+    mean byte-identical weights, whatever the metadata says."""
+    with open(path, "rb") as fh:
+        (header_len,) = struct.unpack("<Q", fh.read(8))
+        fh.seek(8 + header_len)
+        digest = hashlib.sha256()
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def replace_config(path: str | os.PathLike[str], config: ModelConfig) -> Path:
+    """Rewrite only the metadata config of the checkpoint at ``path``, atomically: the header is
+    replaced and the tensor bytes are copied as they are, so the weights cannot change (the
+    digest before and after is compared). ``config`` must fit the file's tensors."""
+    path = Path(path)
+    old_config = read_config(path)  # the file is a valid checkpoint
+    raw = path.read_bytes()
+    (header_len,) = struct.unpack("<Q", raw[:8])
+    header = json.loads(raw[8 : 8 + header_len])
+    shapes = {k: tuple(v["shape"]) for k, v in header.items() if k != "__metadata__"}
+    check_shapes(config, shapes, path)
+    header["__metadata__"] = {**header.get("__metadata__", {}), CONFIG_KEY: config.to_json()}
+    text = json.dumps(header, separators=(",", ":")).encode()
+    text += b" " * (-len(text) % 8)  # safetensors pads the header to 8-byte alignment
+    before = weights_digest(path)
+
+    def write(tmp: Path) -> None:
+        tmp.write_bytes(struct.pack("<Q", len(text)) + text + raw[8 + header_len :])
+
+    atomic_write(path, write)
+    if weights_digest(path) != before or read_config(path) != config:
+        raise CheckpointError(f"{path}: rewriting the config of {old_config.name} changed more than the config")
+    return path
 
 
 def read_config(path: str | os.PathLike[str]) -> ModelConfig:
