@@ -31,7 +31,7 @@ from .modes import (
     Spacing,
     Variance,
 )
-from .validation import CONFIG, ConfigError, invalid, parse, raise_config_errors
+from .validation import CONFIG, ConfigError, invalid, parse, raise_config_errors, shown
 
 # The mode tuples are re-exported: model.samplers and the CLI read them from here.
 __all__ = ["PREDICTIONS", "SAMPLERS", "SCHEDULES", "SPACINGS", "VARIANCES", "ConfigError", "DiffusionConfig",
@@ -207,7 +207,7 @@ class ModelConfig:
     @classmethod
     def _name_is_printable(cls, name: str) -> str:
         if not 0 < len(name) <= MAX_NAME_LENGTH or not name.isprintable() or name != name.strip():
-            raise invalid(f"{name[:MAX_NAME_LENGTH]!r} must be 1 to {MAX_NAME_LENGTH} printable characters "
+            raise invalid(f"{shown(name)} must be 1 to {MAX_NAME_LENGTH} printable characters "
                           "without surrounding spaces")
         return name
 

@@ -69,7 +69,8 @@ def _path(loc: Sequence[str | int]) -> str:
     return out
 
 
-def _shown(value: Any) -> str:
+def shown(value: Any) -> str:
+    """``repr(value)`` cut to MAX_SHOWN_INPUT characters, for an error message."""
     text = repr(value)
     return text if len(text) <= MAX_SHOWN_INPUT else text[: MAX_SHOWN_INPUT - 3] + "..."
 
@@ -99,7 +100,7 @@ def _message(error: Mapping[str, Any], root: Any) -> str:
     value = error.get("input")
     # A scalar or a short list is shown; a whole section or request body is not.
     if not isinstance(value, Mapping) and not dataclasses.is_dataclass(value):
-        message += f" (got {_shown(value)})"
+        message += f" (got {shown(value)})"
     return message
 
 
@@ -148,7 +149,7 @@ def parse(cls: type[T], values: Any, prefix: str = "") -> T:
     if isinstance(values, cls):
         return values
     if not isinstance(values, Mapping):
-        raise ConfigError(f"{prefix or cls.__name__}: must be a mapping, got {_shown(values)}")
+        raise ConfigError(f"{prefix or cls.__name__}: must be a mapping, got {shown(values)}")
     try:
         return typing.cast(T, _adapter(cls).validate_python(dict(values)))
     except ValidationError as exc:
@@ -160,7 +161,7 @@ def check_fields(cls: type, values: Any, prefix: str) -> None:
     span fields: for a section whose other values are filled in later (the data decides a
     model's image size, so its attention resolutions cannot be judged yet)."""
     if not isinstance(values, Mapping):
-        raise ConfigError(f"{prefix}: must be a mapping, got {_shown(values)}")
+        raise ConfigError(f"{prefix}: must be a mapping, got {shown(values)}")
     fields = {f.name: f for f in dataclasses.fields(cls)}
     hints = typing.get_type_hints(cls, include_extras=True)
     unknown = sorted(set(values) - set(fields))
