@@ -104,20 +104,32 @@ def _message(error: Mapping[str, Any], root: Any) -> str:
     return message
 
 
-def error_entries(exc: ValidationError, prefix: Sequence[str | int] = (), root: Any = None,
-                  drop: int = 0) -> list[dict[str, Any]]:
-    """Each error of ``exc`` as {"field": "a.b[2]", "msg": "a.b[2]: what is wrong", "type": ...}.
+def error_entries(errors: ValidationError | Sequence[Mapping[str, Any]], prefix: Sequence[str | int] = (),
+                  root: Any = None, drop: int = 0) -> list[dict[str, Any]]:
+    """Each error as {"field": "a.b[2]", "msg": "a.b[2]: what is wrong", "type": pydantic's type}.
 
-    ``prefix`` is put before every location (a section name such as "unet"); ``drop`` removes
-    that many leading parts first (FastAPI's "body"); ``root`` (the validated class) lets an
-    unknown key's message list the keys that are allowed there. Independent of any web framework.
+    ``errors`` is a pydantic ValidationError or the list its ``errors()`` returns (FastAPI's
+    RequestValidationError.errors() gives the same dicts). ``prefix`` is put before every
+    location (a section name such as "unet"); ``drop`` removes that many leading parts first
+    (FastAPI's "body"); ``root`` (the validated class) lets an unknown key's message list the
+    keys allowed there. A body that is not JSON at all ("json_invalid") names no field: its
+    location holds a character offset, which goes into the message instead. Independent of any
+    web framework.
     """
+    listed = errors.errors(include_url=False) if isinstance(errors, ValidationError) else errors
     entries = []
-    for error in exc.errors(include_url=False):
-        loc = [*prefix, *error["loc"][drop:]]
+    for error in listed:
+        loc = list(error["loc"][drop:])
+        if error["type"] == "json_invalid":
+            where = [p for p in loc if isinstance(p, int)]
+            detail = (error.get("ctx") or {}).get("error", "")
+            message = "not valid JSON" + (f" at character {where[0]}" if where else "") + (f": {detail}" if detail
+                                                                                           else "")
+            entries.append({"field": "", "msg": message, "type": error["type"]})
+            continue
         extra = (error.get("ctx") or {}).get("field") if error["type"] == INVALID else None
-        field = _path([*loc, *str(extra).split(".")] if extra else loc)
-        message = _message({**error, "loc": tuple(error["loc"][drop:])}, root)
+        field = _path([*prefix, *loc, *str(extra).split(".")] if extra else [*prefix, *loc])
+        message = _message({**error, "loc": tuple(loc)}, root)
         entries.append({"field": field, "msg": f"{field}: {message}" if field else message, "type": error["type"]})
     return entries
 

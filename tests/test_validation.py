@@ -66,3 +66,11 @@ def test_check_fields_checks_keys_and_values_but_not_what_spans_fields() -> None
         check_fields(ModelConfig, {"unet": {"widht": 3}}, "model")
     with pytest.raises(ConfigError, match=r"^model\.unet\.base_channels: Input should be a valid integer"):
         check_fields(ModelConfig, {"unet": {"base_channels": "64"}}, "model")
+
+
+def test_a_body_that_is_not_json_names_no_field() -> None:
+    """FastAPI reports malformed JSON at ("body", offset): the offset is not a field."""
+    errors = [{"type": "json_invalid", "loc": ("body", 6), "msg": "JSON decode error", "input": {},
+               "ctx": {"error": "Expecting value"}}]
+    assert error_entries(errors, drop=1) == [
+        {"field": "", "msg": "not valid JSON at character 6: Expecting value", "type": "json_invalid"}]
