@@ -27,7 +27,7 @@ import typing
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, TypeVar
 
-from pydantic import ConfigDict, TypeAdapter, ValidationError
+from pydantic import BaseModel, ConfigDict, TypeAdapter, ValidationError
 from pydantic_core import PydanticCustomError
 
 T = TypeVar("T")
@@ -75,16 +75,22 @@ def shown(value: Any) -> str:
     return text if len(text) <= MAX_SHOWN_INPUT else text[: MAX_SHOWN_INPUT - 3] + "..."
 
 
+def _fields(cls: Any) -> dict[str, Any] | None:
+    """Field name -> type of a dataclass or a pydantic model; None for anything else."""
+    if isinstance(cls, type) and dataclasses.is_dataclass(cls):
+        hints = typing.get_type_hints(cls)
+        return {f.name: hints.get(f.name) for f in dataclasses.fields(cls)}
+    if isinstance(cls, type) and issubclass(cls, BaseModel):
+        return {name: info.annotation for name, info in cls.model_fields.items()}
+    return None
+
+
 def allowed_keys(root: Any, loc: Sequence[str | int]) -> list[str] | None:
-    """The field names of the dataclass that ``loc`` (minus its last part) leads to from ``root``."""
-    cls = root
+    """The field names of the class that ``loc`` (minus its last part) leads to from ``root``."""
+    fields = _fields(root)
     for part in loc[:-1]:
-        if not (isinstance(cls, type) and dataclasses.is_dataclass(cls)):
-            return None
-        cls = typing.get_type_hints(cls).get(str(part))
-    if not (isinstance(cls, type) and dataclasses.is_dataclass(cls)):
-        return None
-    return [f.name for f in dataclasses.fields(cls)]
+        fields = _fields(fields.get(str(part))) if fields is not None else None
+    return list(fields) if fields is not None else None
 
 
 def _message(error: Mapping[str, Any], root: Any) -> str:

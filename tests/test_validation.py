@@ -41,6 +41,8 @@ def test_an_http_body_maps_the_same_way_without_the_framework() -> None:
     entries = error_entries(info.value)
     assert entries[0]["msg"] == "n: Input should be a valid integer (got '4')"
     assert entries[1] == {"field": "colour", "msg": "colour: unknown key", "type": "extra_forbidden"}
+    entries = error_entries(info.value, root=Body)
+    assert entries[1]["msg"] == "colour: unknown key; allowed: n"
 
 
 def test_a_huge_input_is_cut_short_in_the_message() -> None:
