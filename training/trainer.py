@@ -13,6 +13,7 @@ samples/step_NNNNNNN.png.
 from __future__ import annotations
 
 import contextlib
+import gc
 import json
 import math
 import signal
@@ -313,7 +314,7 @@ class Trainer:
                 bar.update(1)
                 done = self.step == tc.steps
                 if (self.step % lc.every == 0 or done) and not self._report(window, bar):
-                    d.close()
+                    self._close()
                     return 1
                 stopping = d.any(stop.flag)
                 if self.step % lc.checkpoint_every == 0 or done or stopping:
@@ -328,8 +329,17 @@ class Trainer:
                   f"checkpoint {self.run_dir / EMA_FILE} (step {last_saved})"
                   + ("; continue with --resume" if self.step < tc.steps else ""), file=sys.stderr)
         d.barrier()
-        d.close()
+        self._close()
         return 0
+
+    def _close(self) -> None:
+        """Drop the DDP wrapper, which holds a reference to the process group, before destroying
+        the group, so that the group is released here rather than during interpreter exit. (A
+        gloo rank was seen to abort at exit with "terminate called without an active exception",
+        once in several runs; this is the suspected cause, not a proven one.)"""
+        self.model = self.net
+        gc.collect()
+        self.dist.close()
 
     def _report(self, window: Window, bar: tqdm) -> bool:
         """A metrics line for the steps since the last one (averaged over processes); False when
