@@ -28,12 +28,11 @@ def _convert(args: argparse.Namespace) -> int:
 
 def _sample(args: argparse.Namespace) -> int:
     from model import load_checkpoint
-    from model.device import configure_threads
+    from model.device import configure_threads, resolve_device
     from model.images import write_samples
-    from model.validation import check_device
 
-    check_device(args.device, "--device")
-    model = load_checkpoint(args.checkpoint, device=args.device, dtype=args.dtype)
+    device = resolve_device(args.device, "--device")
+    model = load_checkpoint(args.checkpoint, device=device, dtype=args.dtype)
     configure_threads(None, model.gflops_per_image)  # as the server does
     images = model.sample(
         args.n, steps=args.steps, sampler=args.sampler, eta=args.eta, seed=args.seed,

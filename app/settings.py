@@ -13,6 +13,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from model.device import DtypeName
 from model.modes import SamplerName
+from model.validation import error_entries
 
 ENV_PREFIX = "DDPM_"
 
@@ -86,12 +87,7 @@ class Settings(BaseSettings):
     max_connections: int = Field(1000, ge=1, description="open connections at once; the excess gets 503 "
                                  "with Connection: close")
 
+
 def settings_errors(exc: ValidationError) -> list[str]:
-    """One line per invalid setting, named as the operator wrote it: ``DDPM_DTYPE: ...``."""
-    lines = []
-    for error in exc.errors():
-        name = ENV_PREFIX + "_".join(str(p) for p in error["loc"]).upper()
-        given = error.get("input")
-        lines.append(f"{name}={given!r}: {error['msg']}" if isinstance(given, str | int | float) else
-                     f"{name}: {error['msg']}")
-    return lines
+    """One line per invalid setting, named as the operator wrote it: ``DDPM_DTYPE: ... (got 'float8')``."""
+    return [ENV_PREFIX + e["field"].upper() + e["msg"][len(e["field"]):] for e in error_entries(exc)]

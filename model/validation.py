@@ -209,24 +209,3 @@ def raise_config_errors(cls: type[T], section: str = "") -> type[T]:
 
     setattr(cls, "__init__", __init__)  # noqa: B010 - mypy refuses assigning to a method
     return cls
-
-
-def check_device(name: str, setting: str = "device") -> None:
-    """Refuse a device torch cannot parse or that this host lacks, naming ``setting`` (for
-    example "--device" or "DDPM_DEVICE"), before anything is built on it."""
-    import torch
-
-    if name == "auto":
-        return
-    try:
-        device = torch.device(name)
-    except (RuntimeError, ValueError) as exc:
-        raise ConfigError(f"{setting}={name!r} is not a device (auto, cpu, cuda, cuda:1, ...): {exc}") from None
-    if device.type == "cuda":
-        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
-        if count == 0:
-            raise ConfigError(f"{setting}={name!r}: this host has no CUDA device (use cpu or auto)")
-        if device.index is not None and device.index >= count:
-            raise ConfigError(f"{setting}={name!r}: this host has {count} CUDA device(s)")
-    elif device.type != "cpu":
-        raise ConfigError(f"{setting}={name!r}: only cpu and cuda devices are supported")

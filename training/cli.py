@@ -13,7 +13,7 @@ from pathlib import Path
 
 from model import CheckpointError
 from model.config import ConfigError
-from model.validation import check_device
+from model.device import resolve_device
 
 from .config import RunConfig
 from .presets import PRESETS
@@ -98,7 +98,7 @@ def eval_main(args: argparse.Namespace) -> int:
     from .report import markdown, write_report
 
     try:
-        check_device(args.device, "--device")
+        resolve_device(args.device, "--device")
         opts = EvalOptions(
             checkpoint=args.checkpoint, out=Path(args.out), quick=args.quick, device=args.device, dtype=args.dtype,
             samples=args.samples, bpd_images=args.bpd_images, guidance=_floats(args.guidance),
