@@ -14,6 +14,7 @@ import os
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -24,6 +25,8 @@ import httpx
 from bench.server import closed_loop, free_port, offline_images_per_s, percentiles
 
 ROOT = Path(__file__).resolve().parents[1]
+# Every server of a run exports the same network: keep the graph once on disk.
+CACHE = Path(tempfile.gettempdir()) / "ddpm-bench-onnx-cache"
 
 
 @contextmanager
@@ -91,10 +94,11 @@ def short_during_long(url: str, short: dict, long: dict) -> float:
 def measure(runtime: str, args: argparse.Namespace, log: Path) -> dict[str, float]:
     """One round for one runtime: idle latency, images/s at ``clients``, one-at-a-time, short-during-long."""
     from model import load_checkpoint
+    from model.runtimes import RuntimeOptions
 
     body = {"n": 1, "steps": args.steps, "sampler": "ddim"}
     row: dict[str, float] = {}
-    model = load_checkpoint(None, device="cpu", runtime=runtime)
+    model = load_checkpoint(None, device="cpu", runtime=runtime, runtime_options=RuntimeOptions(cache_dir=CACHE))
     row["offline_images_per_s"] = offline_images_per_s(model, args.clients, args.steps, "ddim",
                                                        args.clients * args.requests_each)
     start = time.perf_counter()
@@ -124,9 +128,11 @@ def main() -> None:
     from app.api import create_app
     from app.settings import Settings
     from model import load_checkpoint
+    from model.runtimes import RuntimeOptions
 
     settings = Settings()
-    model = load_checkpoint(settings.checkpoint, device="cpu", runtime=args.runtime)
+    model = load_checkpoint(settings.checkpoint, device="cpu", runtime=args.runtime,
+                            runtime_options=RuntimeOptions(cache_dir=CACHE))
     print(f"runtime: {model.runtime_choice}", flush=True)
     uvicorn.run(create_app(settings, model=model), host="127.0.0.1", port=args.port, log_level="warning")
 

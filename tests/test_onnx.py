@@ -185,6 +185,17 @@ def test_openvino_runner_matches(tiny_checkpoint: Path) -> None:
         assert torch.allclose(model.denoiser(x, t, labels), ref.denoiser(x, t, labels), atol=1e-4)
 
 
+@pytest.mark.skipif(importlib.util.find_spec("openvino") is None, reason="openvino not installed")
+def test_openvino_runs_bf16_when_asked(tiny_checkpoint: Path) -> None:
+    model = load_checkpoint(tiny_checkpoint, device="cpu", runtime="openvino", dtype="bfloat16")
+    ref = load_checkpoint(tiny_checkpoint, device="cpu")
+    assert model.dtype == torch.bfloat16 and model.denoiser.dtype == torch.bfloat16
+    x, t, labels = inputs(4, model.config, 8)
+    out, exact = model.denoiser(x, t, labels), ref.denoiser(x, t, labels)
+    assert out.dtype == torch.float32  # bf16 inside, float32 to the sampler like Denoiser
+    assert 0 < (out - exact).abs().max() <= 0.05 * exact.abs().max()  # bf16 rounding, and only that
+
+
 SAMPLERS = [("ddim", 20, 0.0), ("dpmpp_2m", 10, 1.5), ("ddpm", 50, 0.0)]
 
 
@@ -217,10 +228,16 @@ def test_auto_picks_onnxruntime_for_the_small_network_on_a_cpu() -> None:
 ])
 def test_auto_rule(kwargs: dict, name: str, why: str, monkeypatch: pytest.MonkeyPatch) -> None:
     args = {"device": CPU, "dtype": "auto", "gflops_per_image": 0.05, "compile": False, **kwargs}
-    if name == "?":  # a large network: torch where bf16 is native, else ONNX Runtime in fp32
-        for native, expected in ((True, "torch"), (False, "onnxruntime")):
+    if name == "?":  # a large network: OpenVINO bf16 where bf16 is native (torch without it), else ORT fp32
+        has_ov = importlib.util.find_spec("openvino") is not None
+        for native, expected in ((True, "openvino" if has_ov else "torch"), (False, "onnxruntime")):
             monkeypatch.setattr("model.device.cpu_has_fast_bf16", lambda native=native: native)
             assert choose_runtime("auto", **args).name == expected
+        real = importlib.util.find_spec
+        monkeypatch.setattr(choice_module.importlib.util, "find_spec",
+                            lambda mod, *a: None if mod == "openvino" else real(mod, *a))
+        monkeypatch.setattr("model.device.cpu_has_fast_bf16", lambda: True)
+        assert choose_runtime("auto", **args).name == "torch"
         return
     choice = choose_runtime("auto", **args)
     assert (choice.name, why in choice.reason) == (name, True)
@@ -231,6 +248,10 @@ def test_explicit_runtime_errors_name_the_problem() -> None:
         choose_runtime("tensorrt", device=CPU, dtype="auto", gflops_per_image=0.05, compile=False)
     with pytest.raises(ValueError, match="runs float32"):
         choose_runtime("onnxruntime", device=CPU, dtype="bfloat16", gflops_per_image=0.05, compile=False)
+    with pytest.raises(ValueError, match="runs float32"):
+        choose_runtime("openvino", device=CPU, dtype="float16", gflops_per_image=0.05, compile=False)
+    with pytest.raises(ValueError, match="CPU"):
+        choose_runtime("openvino", device=torch.device("cuda"), dtype="auto", gflops_per_image=0.05, compile=False)
     with pytest.raises(ValueError, match="torch.compile"):
         choose_runtime("onnxruntime", device=CPU, dtype="auto", gflops_per_image=0.05, compile=True)
     assert choose_runtime("torch", device=CPU, dtype="auto", gflops_per_image=0.05, compile=False) == RuntimeChoice(
