@@ -4,15 +4,20 @@
 was picked and why; ``build_runner`` builds that runner. The samplers, the batching and the
 engine do not change with the runtime: only the network call does.
 
-The ``auto`` rule (measured in docs/benchmarks.md, "ONNX Runtime", next to the DDPM_DTYPE rule
-of ``model.device.resolve_dtype``): on a CPU, ONNX Runtime wherever the network would run in
-float32, because its per-operator cost is a fraction of PyTorch eager's: 2-3x faster per call
-for the small embedded network at batch 1, 1.5x at 16, and 1.1-1.3x at 64. Where PyTorch
-would run bf16 natively (a network of 1 GFLOP or more per image on a CPU with AVX512-BF16 or
-AMX), PyTorch stays: its bf16 convolutions beat ONNX Runtime's fp32 ones on the paper's CIFAR-10
-network at every batch measured. On a GPU PyTorch stays (bf16 and CUDA graphs; the ONNX Runtime
-CUDA path is measured by bench/gpu.sh where a GPU is lent). OpenVINO lost to ONNX Runtime at
-every batch and to PyTorch at batch 16 and up, so ``auto`` never picks it.
+The ``auto`` rule (measured in docs/benchmarks.md, "ONNX Runtime and OpenVINO", next to the
+DDPM_DTYPE rule of ``model.device.resolve_dtype``):
+  - on a CPU, ONNX Runtime wherever the network would run in float32: it dispatches the
+    operators with a fraction of PyTorch eager's per-operator cost, 2.1-2.3x faster per call for
+    the embedded network at batch 1 on a quiet machine (more under contention), 1.5-2x at 16,
+    1.15-1.5x at 64;
+  - where PyTorch runs bf16 natively (1 GFLOP per image or more, AVX512-BF16 or AMX), PyTorch
+    stays: ONNX Runtime has only fp32 there and lost to PyTorch's bf16 at batch 1, 8 and 32 on
+    the CIFAR-10 network. OpenVINO's bf16 (``runtime="openvino", dtype="bfloat16"``) beat it
+    1.8-1.9x at batch 1 but lost or tied at 8 and 32 in two runs, so it stays an explicit choice;
+  - on a GPU PyTorch stays (bf16 and CUDA graphs; bench/gpu.sh measures ONNX Runtime's CUDA
+    provider beside it where a GPU is lent);
+  - OpenVINO in fp32 lost to ONNX Runtime at every batch of both networks, so ``auto`` never
+    picks it.
 """
 
 from __future__ import annotations
@@ -27,7 +32,7 @@ from typing import Protocol
 import torch
 
 from ..config import ModelConfig
-from ..device import is_small, resolve_dtype
+from ..device import resolve_dtype
 from ..runner import Denoiser
 from ..unet import UNet
 
@@ -98,9 +103,6 @@ def choose_runtime(requested: str, *, device: torch.device, dtype: str | torch.d
     if not installed("onnxruntime"):
         return RuntimeChoice("torch", "auto", f"onnxruntime is not installed ({EXTRA})")
     torch_dtype = resolve_dtype(dtype, device, gflops_per_image)
-    if torch_dtype == torch.bfloat16 and not is_small(gflops_per_image) and installed("openvino"):
-        return RuntimeChoice("openvino", "auto", "bfloat16 on a CPU that runs it natively: OpenVINO's bf16 "
-                                                 "beat PyTorch's bf16 channels_last on the CIFAR-10 network")
     if torch_dtype != torch.float32:
         return RuntimeChoice("torch", "auto", f"PyTorch runs this network in {_name(torch_dtype)} natively, "
                                               "faster than ONNX Runtime in float32")
