@@ -11,13 +11,14 @@ DDPM_DTYPE rule of ``model.device.resolve_dtype``):
     the embedded network at batch 1 on a quiet machine (more under contention), 1.5-2x at 16,
     1.15-1.5x at 64;
   - where PyTorch runs bf16 natively (1 GFLOP per image or more, AVX512-BF16 or AMX), PyTorch
-    stays: ONNX Runtime has only fp32 there and lost to PyTorch's bf16 at batch 1, 8 and 32 on
-    the CIFAR-10 network. OpenVINO's bf16 (``runtime="openvino", dtype="bfloat16"``) beat it
-    1.8-1.9x at batch 1 but lost or tied at 8 and 32 in two runs, so it stays an explicit choice;
+    stays: ONNX Runtime has only fp32 there and lost to PyTorch's bf16 in 5 of 6 cells (batch 1,
+    8, 32, two runs) on the CIFAR-10 network. OpenVINO's bf16 (``runtime="openvino",
+    dtype="bfloat16"``) beat it at batch 1 (1.8-1.9x) and 32 (1.1-1.2x) but lost 1.5x at 8 in
+    one of two runs, and its quality on that network is unmeasured: an explicit choice for now;
   - on a GPU PyTorch stays (bf16 and CUDA graphs; bench/gpu.sh measures ONNX Runtime's CUDA
     provider beside it where a GPU is lent);
-  - OpenVINO in fp32 lost to ONNX Runtime at every batch of both networks, so ``auto`` never
-    picks it.
+  - OpenVINO in fp32 lost to ONNX Runtime in every cell but one (CIFAR-10 batch 8, within 4 %),
+    so ``auto`` never picks it.
 """
 
 from __future__ import annotations

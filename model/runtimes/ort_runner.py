@@ -107,7 +107,6 @@ class OnnxRuntimeDenoiser:
         out_shape = self.session.get_outputs()[0].shape
         self._out_chw = tuple(int(d) for d in out_shape[1:])
 
-
     def __call__(self, x: torch.Tensor, t: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
         n = x.shape[0]
         if self.conditional:
