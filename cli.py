@@ -26,6 +26,24 @@ def _convert(args: argparse.Namespace) -> int:
     return 0
 
 
+def _export(args: argparse.Namespace) -> int:
+    """The checkpoint's denoiser as a checked ONNX graph, with the same outputs as the PyTorch network."""
+    from model import load_checkpoint
+    from model.runtimes.export import OnnxUnavailable, export_onnx, write_onnx
+
+    model = load_checkpoint(args.checkpoint, device="cpu", dtype="float32")
+    try:
+        data = export_onnx(model.unet, model.config)
+    except OnnxUnavailable as exc:
+        print(f"ddpm export: error: {exc}", file=sys.stderr)
+        return 2
+    write_onnx(args.out, data)
+    inputs = "x, t, labels" if model.config.num_classes else "x, t"
+    print(f"wrote {args.out}: {model.config.name}, inputs {inputs} (dynamic batch), output out, "
+          f"{len(data) / 1e6:.1f} MB, checked with onnx.checker")
+    return 0
+
+
 def _sample(args: argparse.Namespace) -> int:
     from model import load_checkpoint
     from model.device import configure_threads, resolve_device
@@ -76,6 +94,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--allow-pickle", action="store_true",
                    help="accept diffusion_pytorch_model.bin, read with torch.load(weights_only=True)")
     p.set_defaults(func=_convert)
+
+    p = sub.add_parser("export", help="export a checkpoint's denoiser (ONNX) for other runtimes and servers",
+                       description="The network as ONNX: inputs x (N,C,H,W) float32, t (N,) int64 and, for a "
+                                   "class-conditional model, labels (N,) int64 (num_classes is the null label of "
+                                   "classifier-free guidance); output out (N,C,H,W); N dynamic; the checkpoint's "
+                                   "config in the metadata. Needs the onnx extra.")
+    p.add_argument("--format", choices=["onnx"], default="onnx", help="the only format so far")
+    p.add_argument("checkpoint", nargs="?", default=None,
+                   help="a .safetensors checkpoint (default: the embedded model)")
+    p.add_argument("out", help="output file, e.g. model.onnx")
+    p.set_defaults(func=_export)
 
     p = sub.add_parser("sample", help="write sample PNGs and a grid from a checkpoint")
     p.add_argument("--checkpoint", default=None, help="a .safetensors checkpoint (default: the embedded model)")
