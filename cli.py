@@ -50,7 +50,7 @@ def _sample(args: argparse.Namespace) -> int:
     from model.images import write_samples
 
     device = resolve_device(args.device, "--device")
-    model = load_checkpoint(args.checkpoint, device=device, dtype=args.dtype)
+    model = load_checkpoint(args.checkpoint, device=device, dtype=args.dtype, runtime=args.runtime)
     configure_threads(None, model.gflops_per_image)  # as the server does
     images = model.sample(
         args.n, steps=args.steps, sampler=args.sampler, eta=args.eta, seed=args.seed,
@@ -82,6 +82,7 @@ def _serve(args: argparse.Namespace) -> int:
 def build_parser() -> argparse.ArgumentParser:
     from model.device import DTYPE_CHOICES
     from model.modes import SAMPLERS
+    from model.runtimes import RUNTIMES
 
     parser = argparse.ArgumentParser(prog="ddpm", description="DDPM training, sampling and serving")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -118,6 +119,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--scale", type=int, default=1, help="enlarge the PNGs by this factor (nearest neighbour)")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, ...")
+    p.add_argument("--runtime", default="auto", choices=RUNTIMES,
+                   help="what runs the network; auto picks as the server does (DDPM_RUNTIME)")
     p.add_argument("--dtype", default="auto", choices=DTYPE_CHOICES,
                    help="the network's precision; auto picks as the server does (DDPM_DTYPE)")
     p.add_argument("--out", default="samples", help="output directory")
@@ -148,6 +151,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dataset", default=None, help="held-out data set, when the checkpoint does not record one")
     p.add_argument("--data-path", default=None, help="its path (folder, .npz or CIFAR-10 directory)")
     p.add_argument("--device", default="auto")
+    p.add_argument("--runtime", default="torch", choices=RUNTIMES,
+                   help="what runs the network (default torch, the reference; auto picks as the server does)")
     p.add_argument("--dtype", default="float32", choices=DTYPE_CHOICES,
                    help="the network's precision (default float32, exact)")
     p.set_defaults(func=_eval)

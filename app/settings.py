@@ -8,7 +8,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, ValidationError, field_validator
+from pydantic import Field, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from model.device import DtypeName
@@ -36,6 +36,12 @@ class Settings(BaseSettings):
     compile: bool = Field(False, description="torch.compile the network, one graph per batch bucket "
                                              "(slower start, faster steps)")
     compile_cache_dir: Path | None = Field(None, description="where compiled kernels are cached across restarts")
+    runtime: Literal["auto", "torch", "onnxruntime", "openvino"] = Field(
+        "auto", description="what runs the network: auto (ONNX Runtime on a CPU where the network runs in "
+        "float32, else PyTorch; the rule in model/runtimes/choice.py, measured in docs/benchmarks.md), torch, "
+        "onnxruntime, openvino")
+    onnx_cache_dir: Path | None = Field(None, description="where the network exported to ONNX is kept across "
+                                        "restarts; empty: exported once per process, in memory")
     threads: int | None = Field(None, ge=1, description="CPU threads for the network; empty: 1 for a network "
                                 "under 1 GFLOP per image, else the CPUs this process may use (affinity, cgroup quota)")
 
@@ -61,6 +67,12 @@ class Settings(BaseSettings):
                           "set but holding no key (\",\" or \" \"): a start-up error, never silently open")
     log_format: Literal["text", "json"] = "text"
     log_level: str = "info"
+
+    @model_validator(mode="after")
+    def _compile_is_torch(self) -> Settings:
+        if self.compile and self.runtime not in ("auto", "torch"):
+            raise ValueError(f"compile=true is torch.compile; it does not apply to runtime={self.runtime}")
+        return self
 
     @field_validator("api_keys")
     @classmethod

@@ -257,8 +257,8 @@ def test_without_onnxruntime_auto_means_torch_and_explicit_names_the_extra(monke
     monkeypatch.setattr(choice_module.importlib.util, "find_spec",
                         lambda name, *a: None if name == "onnxruntime" else real(name, *a))
     model = load_checkpoint(None, device="cpu", runtime="auto")
-    assert model.runtime_choice.name == "torch" and "ddpm-serve[onnx]" in model.runtime_choice.reason
-    with pytest.raises(ValueError, match=r"pip install 'ddpm-serve\[onnx\]'"):
+    assert model.runtime_choice.name == "torch" and "onnxruntime is not installed" in model.runtime_choice.reason
+    with pytest.raises(ValueError, match=r"onnx and onnxruntime are dependencies"):
         load_checkpoint(None, device="cpu", runtime="onnxruntime")
 
 
@@ -284,3 +284,20 @@ def test_server_serves_with_onnxruntime(tiny_checkpoint: Path) -> None:
     got = np.stack([decode_png(base64.b64decode(im["png_base64"])) for im in r.json()["images"]])
     expected = ref.sample(2, steps=5, sampler="ddim", seed=3, label=4, guidance=1.0)
     assert np.abs(got.astype(int) - expected.astype(int)).max() <= 1
+
+
+def test_the_server_resolves_ddpm_runtime_and_shows_its_choice(tiny_checkpoint: Path) -> None:
+    """DDPM_RUNTIME=auto on a CPU serves the small network with ONNX Runtime, and /v1/model says
+    what runs the network and why; compiling is torch's, so it never meets another runtime."""
+    from fastapi.testclient import TestClient
+    from pydantic import ValidationError
+
+    from app import Settings, create_app
+
+    with TestClient(create_app(Settings(checkpoint=tiny_checkpoint))) as client:
+        runner = client.get("/v1/model").json()["runner"]
+        r = client.post("/generate", json={"steps": 3, "seed": 1})
+    assert runner["name"] == "onnxruntime" and runner["requested"] == "auto" and "float32 on a CPU" in runner["reason"]
+    assert runner["threads"] == 1 and r.status_code == 200
+    with pytest.raises(ValidationError, match="torch.compile"):
+        Settings(compile=True, runtime="onnxruntime")

@@ -101,6 +101,7 @@ def eval_main(args: argparse.Namespace) -> int:
         resolve_device(args.device, "--device")
         opts = EvalOptions(
             checkpoint=args.checkpoint, out=Path(args.out), quick=args.quick, device=args.device, dtype=args.dtype,
+            runtime=args.runtime,
             samples=args.samples, bpd_images=args.bpd_images, guidance=_floats(args.guidance),
             batch_size=args.batch_size, seed=args.seed,
             data={"dataset": args.dataset, "path": args.data_path},

@@ -186,6 +186,7 @@ class EvalOptions:
     quick: bool = False
     device: str = "auto"
     dtype: str = "float32"  # the network's precision; "bfloat16" for the precision-vs-quality table
+    runtime: str = "torch"  # what runs the network (model.runtimes); torch is the reference
     samples: int | None = None  # generated per row; default 1000 (quick: 50)
     bpd_images: int | None = None  # held-out images for the bound; default all (quick: 20)
     guidance: Sequence[float] = field(default_factory=tuple)  # extra rows at the default sampler
@@ -208,7 +209,7 @@ def data_config_of(cfg: ModelConfig, overrides: dict[str, Any]) -> DataConfig:
 
 def evaluate(opts: EvalOptions) -> dict[str, Any]:
     """Run the whole evaluation; returns the report (images of the rows included, for the grids)."""
-    model = load_checkpoint(opts.checkpoint, device=opts.device, dtype=opts.dtype)
+    model = load_checkpoint(opts.checkpoint, device=opts.device, dtype=opts.dtype, runtime=opts.runtime)
     cfg = model.config
     data_cfg = data_config_of(cfg, opts.data)
     data = load_data(data_cfg)

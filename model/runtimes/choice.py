@@ -40,7 +40,7 @@ from ..unet import UNet
 log = logging.getLogger("ddpm.runtime")
 
 RUNTIMES = ("auto", "torch", "onnxruntime", "openvino")
-EXTRA = "pip install 'ddpm-serve[onnx]'"
+EXTRA = "pip install 'ddpm-serve[openvino]' (onnx and onnxruntime are dependencies)"
 
 
 class Runner(Protocol):
