@@ -76,9 +76,6 @@ class Judgement:
     accuracy: float | None
     confident: float
 
-    def as_dict(self) -> dict[str, float | None]:
-        return {"fd": self.fd, "accuracy": self.accuracy, "confident": self.confident}
-
 
 class DigitsReferee:
     """The judge plus the real data it compares against: training split and held-out split."""
