@@ -232,10 +232,10 @@ def test_page_generates_shows_both_chains_and_server_errors(
     browser.execute_script("document.getElementById('generate-form').noValidate = true;"
                            "document.getElementById('steps').value = arguments[0];"
                            "document.getElementById('guidance').value = arguments[1];",
-                           limits["max_steps"] + 1, limits["max_guidance"] + 1)
+                           limits["max_steps"] + 1, int(limits["max_guidance"]) + 1)
     by_id("generate").click()
     wait(browser, "document.body.dataset.run === 'failed'")
-    expected = api.post("/generate", json={"steps": limits["max_steps"] + 1, "guidance": limits["max_guidance"] + 1})
+    expected = api.post("/generate", json={"steps": limits["max_steps"] + 1, "guidance": int(limits["max_guidance"]) + 1})
     assert expected.status_code == 422
     messages = [e["msg"] for e in expected.json()["detail"]]
     assert len(messages) == 2 and any("steps" in m for m in messages) and any("guidance" in m for m in messages)
@@ -440,7 +440,7 @@ def test_status_follows_the_run_and_long_seeds_keep_the_grid(browser: Any, serve
         browser.find_element(By.ID, element_id).send_keys(value)
     seed = browser.find_element(By.ID, "seed")
     seed.clear()
-    seed.send_keys(str(2**63 - 4), Keys.ENTER)  # the largest n = 4 may use: as long as a drawn seed gets
+    seed.send_keys(str(2**53 - 4), Keys.ENTER)  # the largest n = 4 may use: as long as a drawn seed gets
     wait(browser, "document.body.dataset.run === 'done'")
     seen = js(browser, "window.statusAtProgress")
     assert seen and not any("Queued" in s for s in seen), seen
@@ -459,9 +459,9 @@ def test_status_follows_the_run_and_long_seeds_keep_the_grid(browser: Any, serve
     assert all(c["width"] <= max(2 * c["image"], 200) for c in cells), cells  # the seed does not set the width
     # Each cell still names its full seed: in the caption, and in its button's accessible name.
     captions = js(browser, "[...document.querySelectorAll('#results figcaption')].map((f) => f.textContent)")
-    assert captions == [f"#{i + 1} · seed {2**63 - 4 + i}" for i in range(4)]
+    assert captions == [f"#{i + 1} · seed {2**53 - 4 + i}" for i in range(4)]
     assert js(browser, "[...document.querySelectorAll('#results button')].map((b) => b.getAttribute('aria-label'))"
-                       ".filter(Boolean)") == [f"Reuse seed {2**63 - 4 + i}" for i in range(4)]
+                       ".filter(Boolean)") == [f"Reuse seed {2**53 - 4 + i}" for i in range(4)]
     # The same holds for a seed the server draws.
     seed.clear()
     browser.find_element(By.ID, "generate").click()
