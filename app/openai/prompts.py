@@ -1,0 +1,83 @@
+"""The prompt picks a class: the only text a class-conditional DDPM understands is its labels.
+
+A prompt selects class ``k`` when it is, or contains as a whole word, exactly one of
+``k``'s names: the checkpoint's class name (``"7"``) or one of the aliases stored with it
+(``config.class_aliases["7"] == ("seven",)``). Matching ignores case and surrounding space.
+"a handwritten 7" and "a seven" pick 7; "7 or 8", or a prompt naming no class, is a 400 whose
+message lists the classes. An empty prompt samples unconditionally (label None: the null label
+the network was trained on with label dropout, the same as the native API's ``label: null``).
+An unconditional model ignores the prompt and says so in ``revised_prompt``.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+from model import ModelConfig
+
+from .errors import OpenAIError
+
+
+@dataclass(frozen=True)
+class ClassChoice:
+    """What a prompt asked for: the label (None: unconditional) and how to say it back."""
+
+    label: int | None
+    revised_prompt: str
+
+
+@dataclass(frozen=True)
+class Vocabulary:
+    """Each class's names (its name first, then its aliases), for matching prompts."""
+
+    model: str
+    names: tuple[tuple[str, ...], ...]  # names[k]: class k's name and aliases
+
+    @classmethod
+    def from_config(cls, config: ModelConfig) -> Vocabulary | None:
+        """None for an unconditional model. Classes without names are called by their index."""
+        if not config.num_classes:
+            return None
+        class_names = config.class_names or tuple(str(k) for k in range(config.num_classes))
+        # ModelConfig gains class_aliases (class name -> aliases); older checkpoints have none.
+        aliases: Mapping[str, Sequence[str]] = getattr(config, "class_aliases", None) or {}
+        names = tuple((name, *(a for a in aliases.get(name, ()) if a.strip())) for name in class_names)
+        return cls(config.name, names)
+
+    def describe(self) -> str:
+        """Every class with its aliases: ``0 (zero), 1 (one), ...``."""
+        return ", ".join(f"{n[0]} ({', '.join(n[1:])})" if len(n) > 1 else n[0] for n in self.names)
+
+    def pattern(self) -> re.Pattern[str]:
+        """Any name as a whole word; longest first, so "t-shirt" wins over "shirt" inside it."""
+        words = sorted({w.casefold() for n in self.names for w in n}, key=len, reverse=True)
+        alternation = "|".join(re.escape(w) for w in words)
+        return re.compile(rf"(?<!\w)(?:{alternation})(?!\w)")
+
+    def labels_of(self, word: str) -> set[int]:
+        """The classes a matched word names: one, unless two classes share a name but for case."""
+        folded = word.casefold()
+        return {k for k, n in enumerate(self.names) if folded in (w.casefold() for w in n)}
+
+
+def choose_class(prompt: str, config: ModelConfig) -> ClassChoice:
+    """The class a prompt names, or an OpenAIError(400) that lists the classes."""
+    vocabulary = Vocabulary.from_config(config)
+    if vocabulary is None:
+        return ClassChoice(None, f"{config.name} is an unconditional model: the prompt was ignored")
+    text = prompt.strip().casefold()
+    if not text:
+        return ClassChoice(None, "unconditional: the empty prompt names no class")
+    labels = sorted({k for m in vocabulary.pattern().finditer(text) for k in vocabulary.labels_of(m.group(0))})
+    if len(labels) == 1:
+        k = labels[0]
+        return ClassChoice(k, f"class {vocabulary.names[k][0]!r} (label {k})")
+    found = "names no class" if not labels else (
+        "names " + str(len(labels)) + " classes (" + ", ".join(vocabulary.names[k][0] for k in labels) + ")")
+    raise OpenAIError(
+        400,
+        f"the prompt {found}; {vocabulary.model} draws one class per request: name exactly one of "
+        f"{vocabulary.describe()}, or send an empty prompt for an unconditional sample",
+        param="prompt", code="unknown_class" if not labels else "ambiguous_class")
