@@ -205,6 +205,10 @@ def test_plan_refuses_another_model_with_a_404_and_url_without_a_store(Body: Any
         plan_images(Body.model_validate({"prompt": "7", "model": "dall-e-3"}), digits)
     assert (info.value.status, info.value.code, info.value.param) == (404, "model_not_found", "model")
     assert "'dall-e-3'" in info.value.message and f"'{digits.name}'" in info.value.message
+    served = plan_images(Body.model_validate({"prompt": "7", "model": "digits-v2"}), digits, name="digits-v2")
+    assert served.label == 7  # the served name (DDPM_MODEL_NAME) is the one to ask for ...
+    with pytest.raises(OpenAIError, match="serves 'digits-v2'"):  # ... and then the checkpoint's is not
+        plan_images(Body.model_validate({"prompt": "7", "model": digits.name}), digits, name="digits-v2")
     url = Body.model_validate({"prompt": "7", "response_format": "url"})
     with pytest.raises(OpenAIError) as info:
         plan_images(url, digits)
@@ -268,13 +272,13 @@ def test_images_response_parses_as_the_sdks_images_response(Body: Any, digits: A
 
 def test_model_list_parses_as_the_sdks_models(digits: Any) -> None:
     created = created_at(digits, fallback=123)
-    listing = model_list(digits, created=created)
+    listing = model_list(digits.name, created=created)
     assert listing["object"] == "list"
     models = [openai.types.Model.model_validate(m) for m in listing["data"]]
     assert [(m.id, m.object, m.created) for m in models] == [(digits.name, "model", created)]
-    assert openai.types.Model.model_validate(find_model(digits, digits.name, created=created)).id == digits.name
+    assert openai.types.Model.model_validate(find_model(digits.name, digits.name, created=created)).id == digits.name
     with pytest.raises(OpenAIError) as info:
-        find_model(digits, "gpt-image-1", created=created)
+        find_model(digits.name, "gpt-image-1", created=created)
     assert (info.value.status, info.value.code) == (404, "model_not_found")
 
 

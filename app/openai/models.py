@@ -28,16 +28,17 @@ def created_at(config: ModelConfig, fallback: int) -> int:
     return fallback
 
 
-def model_object(config: ModelConfig, *, created: int) -> dict[str, Any]:
-    return {"id": config.name, "object": "model", "created": created, "owned_by": OWNER}
+def model_object(name: str, *, created: int) -> dict[str, Any]:
+    return {"id": name, "object": "model", "created": created, "owned_by": OWNER}
 
 
-def model_list(config: ModelConfig, *, created: int) -> dict[str, Any]:
-    return {"object": "list", "data": [model_object(config, created=created)]}
+def model_list(name: str, *, created: int) -> dict[str, Any]:
+    return {"object": "list", "data": [model_object(name, created=created)]}
 
 
-def find_model(config: ModelConfig, model_id: str, *, created: int) -> dict[str, Any]:
-    if model_id != config.name:
-        raise OpenAIError(404, f"The model '{model_id}' does not exist; this server serves '{config.name}'",
+def find_model(name: str, model_id: str, *, created: int) -> dict[str, Any]:
+    """The served model as OpenAI's ``Model``, or a 404 ``model_not_found`` for any other id."""
+    if model_id != name:
+        raise OpenAIError(404, f"The model '{model_id}' does not exist; this server serves '{name}'",
                           param="model", code="model_not_found")
-    return model_object(config, created=created)
+    return model_object(name, created=created)

@@ -41,21 +41,23 @@ def check_model(requested: str | None, served: str) -> None:
                                f"(GET /v1/models)", param="model", code="model_not_found")
 
 
-def plan_images(body: ImagesRequest, config: ModelConfig, *, max_side: int = DEFAULT_MAX_SIDE,
-                stores_urls: bool = False) -> ImagesPlan:
+def plan_images(body: ImagesRequest, config: ModelConfig, *, name: str | None = None,
+                max_side: int = DEFAULT_MAX_SIDE, stores_urls: bool = False) -> ImagesPlan:
     """Resolve an OpenAI request against the served model; raises OpenAIError (400/404).
 
-    ``stores_urls``: whether results can be served by URL (the jobs store); without it
+    ``name``: the served model name (default: the checkpoint's). ``stores_urls``: whether results
+    can be served by URL (the jobs store); without it
     ``response_format=url`` is a 400 that says to ask for ``b64_json``.
     """
-    check_model(body.model, config.name)
+    name = name or config.name
+    check_model(body.model, name)
     response_format = body.response_format or "b64_json"
     if response_format == "url" and not stores_urls:
         raise OpenAIError(400, "response_format='url' needs stored results, which this server does not keep; "
                                "use response_format='b64_json'", param="response_format",
                           code="unsupported_value")
     size = choose_size(body.size, config.image_size, max_side)
-    choice = choose_class(body.prompt, config)
+    choice = choose_class(body.prompt, config, name=name)
     native = {"n": body.images, "seed": body.seed, "steps": body.steps, "sampler": body.sampler,
               "eta": body.eta, "label": choice.label, "guidance": body.guidance}
     return ImagesPlan(

@@ -36,7 +36,7 @@ class Vocabulary:
     names: tuple[tuple[str, ...], ...]  # names[k]: class k's name and aliases
 
     @classmethod
-    def from_config(cls, config: ModelConfig) -> Vocabulary | None:
+    def from_config(cls, config: ModelConfig, name: str | None = None) -> Vocabulary | None:
         """None for an unconditional model. Classes without names are called by their index."""
         if not config.num_classes:
             return None
@@ -44,7 +44,7 @@ class Vocabulary:
         # ModelConfig gains class_aliases (class name -> aliases); older checkpoints have none.
         aliases: Mapping[str, Sequence[str]] = getattr(config, "class_aliases", None) or {}
         names = tuple((name, *(a for a in aliases.get(name, ()) if a.strip())) for name in class_names)
-        return cls(config.name, names)
+        return cls(name or config.name, names)
 
     def describe(self) -> str:
         """Every class with its aliases: ``0 (zero), 1 (one), ...``."""
@@ -62,11 +62,12 @@ class Vocabulary:
         return {k for k, n in enumerate(self.names) if folded in (w.casefold() for w in n)}
 
 
-def choose_class(prompt: str, config: ModelConfig) -> ClassChoice:
-    """The class a prompt names, or an OpenAIError(400) that lists the classes."""
-    vocabulary = Vocabulary.from_config(config)
+def choose_class(prompt: str, config: ModelConfig, *, name: str | None = None) -> ClassChoice:
+    """The class a prompt names, or an OpenAIError(400) that lists the classes; ``name``: the
+    served model's name, for the messages (default: the checkpoint's)."""
+    vocabulary = Vocabulary.from_config(config, name)
     if vocabulary is None:
-        return ClassChoice(None, f"{config.name} is an unconditional model: the prompt was ignored")
+        return ClassChoice(None, f"{name or config.name} is an unconditional model: the prompt was ignored")
     text = prompt.strip().casefold()
     if not text:
         return ClassChoice(None, "unconditional: the empty prompt names no class")
