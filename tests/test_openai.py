@@ -287,3 +287,13 @@ def test_created_comes_from_the_checkpoint_date_or_the_fallback() -> None:
     assert created_at(dated, fallback=1) == 1795965809
     assert created_at(dataclasses.replace(tiny_config(), provenance={"date": "yesterday"}), fallback=7) == 7
     assert created_at(tiny_config(), fallback=9) == 9
+
+
+def test_native_422_entries_become_the_same_400() -> None:
+    native = [{"loc": ["body", "n"], "field": "n", "msg": "n: Input should be less than or equal to 4",
+               "type": "less_than_equal"},
+              {"loc": ["body", "foo"], "field": "foo", "msg": "foo: Extra inputs are not permitted",
+               "type": "extra_forbidden"}]
+    error = from_validation(native)
+    assert (error.status, error.param, error.code) == (400, "n", "invalid_value")
+    assert error.message == "n: Input should be less than or equal to 4; Unknown parameter: 'foo'."

@@ -5,6 +5,7 @@ classes carrying our message; its retry honours our Retry-After; our stream even
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import json
 import time
@@ -15,10 +16,12 @@ import httpx2
 import numpy as np
 import openai
 import pytest
+from fastapi import FastAPI, HTTPException
 from openai.types import ImageGenCompletedEvent, ImageGenPartialImageEvent
 
 from app.openai import OpenAIError, from_status, images_request_model, plan_images
 from app.openai.encoding import encode_image
+from app.openai.envelope import OpenAIEnvelope
 from app.openai.stream import PartialCounter, completed_event, error_event, partial_event, preview_every
 
 from .conftest import tiny_config
@@ -161,3 +164,54 @@ def test_partial_images_fall_evenly_inside_the_chain(steps: int, k: int, every: 
 def test_partial_counter_numbers_each_image_separately() -> None:
     counter = PartialCounter(2, 2)
     assert [counter.next_index(i) for i in (0, 1, 0, 0, 1, 1)] == [0, 0, 1, None, 1, None]
+
+
+# ---- the envelope middleware, on a bare app ----
+
+def enveloped_app() -> FastAPI:
+    app = FastAPI()
+
+    @app.post("/v1/images/generations")
+    async def generations(body: dict[str, int]) -> dict[str, Any]:
+        if body.get("full"):
+            raise HTTPException(429, "queue full: 3 images waiting", headers={"Retry-After": "3"})
+        if body.get("ours"):
+            raise OpenAIError(404, "no such model", param="model", code="model_not_found")
+        return {"created": 1, "data": []}
+
+    @app.get("/native")
+    async def native() -> None:
+        raise HTTPException(429, "queue full")
+
+    async def ours(request: Any, exc: Exception) -> Any:
+        assert isinstance(exc, OpenAIError)
+        return exc.to_response()
+
+    app.add_exception_handler(OpenAIError, ours)
+    app.add_middleware(OpenAIEnvelope)
+    return app
+
+
+def test_envelope_rewrites_native_errors_only_under_the_openai_paths() -> None:
+    async def run() -> None:
+        transport = httpx2.ASGITransport(app=enveloped_app())
+        async with httpx2.AsyncClient(transport=transport, base_url="http://t") as raw:
+            sdk = openai.AsyncOpenAI(api_key="k", base_url="http://t/v1", max_retries=0, http_client=raw)
+            with pytest.raises(openai.RateLimitError) as full:
+                await sdk.images.generate(prompt="7", extra_body={"full": 1})
+            assert full.value.message.endswith("queue full: 3 images waiting")
+            assert full.value.response.headers["retry-after"] == "3" and full.value.code == "rate_limit_exceeded"
+            with pytest.raises(openai.BadRequestError) as bad:  # FastAPI's 422 for a body that is no dict of ints
+                await sdk.images.generate(prompt="seven")
+            assert bad.value.param == "prompt" and "valid integer" in bad.value.message
+            with pytest.raises(openai.NotFoundError) as ours:  # already in the envelope: untouched
+                await sdk.images.generate(prompt="7", extra_body={"ours": 1})  # type: ignore[arg-type]
+            assert (ours.value.code, ours.value.param, ours.value.message) == (
+                "model_not_found", "model", "Error code: 404 - no such model")
+            with pytest.raises(openai.NotFoundError):
+                await sdk.models.list()  # no such route: routing's 404, enveloped
+            assert (await raw.get("/native")).json() == {"detail": "queue full"}  # other paths keep their shape
+            ok = await raw.post("/v1/images/generations", json={})
+            assert ok.status_code == 200 and ok.json() == {"created": 1, "data": []}
+
+    asyncio.run(run())

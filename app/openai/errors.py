@@ -90,22 +90,24 @@ def from_status(status: int, detail: Any, *, retry_after: float | None = None,
 
 
 def from_validation(errors: Sequence[Mapping[str, Any]]) -> OpenAIError:
-    """A 400 for pydantic's errors: ``param`` is the first field named, and the message names every
-    field with its limit (``n: Input should be less than or equal to 16``)."""
+    """A 400 for pydantic's errors, or for the native API's 422 entries (``{loc, field, msg, type}``,
+    whose message already names the field): ``param`` is the first field named, and the message
+    names every field with its limit (``n: Input should be less than or equal to 16``)."""
     fields, parts = [], []
     for error in errors:
         loc = [str(p) for p in error.get("loc", ()) if p != "body"]
-        field = ".".join(loc) or "body"
+        field = str(error.get("field") or ".".join(loc) or "body")
         fields.append(field)
         msg = str(error.get("msg", "invalid"))
         if error.get("type") == "extra_forbidden":
-            msg = f"Unknown parameter: '{field}'."
+            parts.append(f"Unknown parameter: '{field}'.")
+        elif "field" in error:  # already "field: msg"
             parts.append(msg)
-            continue
-        parts.append(f"{field}: {msg}")
-    code = "unknown_parameter" if errors and errors[0].get("type") == "extra_forbidden" else "invalid_value"
-    if errors and errors[0].get("type") == "missing":
-        code = "missing_required_parameter"
+        else:
+            parts.append(f"{field}: {msg}")
+    first = errors[0].get("type") if errors else None
+    code = {"extra_forbidden": "unknown_parameter", "missing": "missing_required_parameter"}.get(str(first),
+                                                                                                "invalid_value")
     return OpenAIError(400, "; ".join(parts) or "invalid request", param=fields[0] if fields else None, code=code)
 
 
