@@ -19,7 +19,7 @@ from app.openai.encoding import encode_image
 from app.openai.models import created_at, find_model, model_list
 from app.openai.prompts import choose_class
 from app.openai.response import ddpm_extra, images_response
-from app.openai.sizes import allowed_sizes, choose_size
+from app.openai.sizes import allowed_sizes, choose_size, size_choices
 from model import ModelConfig
 from model.images import decode_png, encode_png
 
@@ -297,3 +297,19 @@ def test_native_422_entries_become_the_same_400() -> None:
     error = from_validation(native)
     assert (error.status, error.param, error.code) == (400, "n", "invalid_value")
     assert error.message == "n: Input should be less than or equal to 4; Unknown parameter: 'foo'."
+
+
+def test_the_schema_shows_the_exact_sizes_and_formats_served(digits: Any) -> None:
+    assert size_choices(8, 32) == ["auto", "8x8", "16x16", "24x24", "32x32"]
+    assert size_choices(32, 16) == ["auto", "32x32"]
+    for stores, formats in ((False, ["b64_json", None]), (True, ["b64_json", "url", None])):
+        Body = images_request_model(digits, max_images=4, max_steps=50, max_guidance=10.0, max_side=32,
+                                    stores_urls=stores)
+        props = Body.model_json_schema()["properties"]
+        assert props["size"]["enum"] == ["auto", "8x8", "16x16", "24x24", "32x32", None]
+        assert props["response_format"]["enum"] == formats
+        # every size the schema offers is served, and the next one is not
+        for size in size_choices(8, 32):
+            choose_size(size, 8, max_side=32)
+        with pytest.raises(OpenAIError):
+            choose_size("40x40", 8, max_side=32)

@@ -30,7 +30,12 @@ from pydantic import BaseModel, ConfigDict, Field, create_model
 
 from model import MAX_SEED, SAMPLERS, ModelConfig
 
-DEFAULT_MAX_PROMPT_CHARS = 32000  # OpenAI's own limit; the body-size limit (max_body_bytes) usually binds first
+from .sizes import DEFAULT_MAX_SIDE, size_choices
+
+# A prompt here only names a class; OpenAI's own limit (32000) is for a text encoder there is none of.
+DEFAULT_MAX_PROMPT_CHARS = 1000
+MAX_NAME_CHARS = 128  # model, as the served name's own bound
+MAX_USER_CHARS = 256  # user, safety_identifier
 
 ResponseFormat = Literal["b64_json", "url"]
 OutputFormat = Literal["png", "jpeg", "webp"]
@@ -93,10 +98,25 @@ class ImagesRequest(BaseModel):
 
 
 def images_request_model(config: ModelConfig, *, max_images: int, max_steps: int, max_guidance: float,
-                         max_prompt_chars: int = DEFAULT_MAX_PROMPT_CHARS) -> type[ImagesRequest]:
-    """The request body with this server's bounds, the same ones ``/generate`` enforces."""
+                         max_prompt_chars: int = DEFAULT_MAX_PROMPT_CHARS, max_side: int = DEFAULT_MAX_SIDE,
+                         stores_urls: bool = False) -> type[ImagesRequest]:
+    """The request body with this server's bounds, the same ones ``/generate`` enforces.
+
+    ``size`` and ``response_format`` stay plain in validation (so that a bad value gets the
+    message that lists what is allowed) but the OpenAPI document shows their exact choices.
+    """
     sampler_type: Any = Literal[tuple(SAMPLERS)]
+    formats = ["b64_json", "url"] if stores_urls else ["b64_json"]
     fields: dict[str, Any] = {
+        "model": (str | None, Field(None, max_length=MAX_NAME_CHARS, description="the served model; null: it")),
+        "size": (str | None, Field(None, json_schema_extra={"enum": [*size_choices(config.image_size, max_side),
+                                                                     None]},
+                                   description="auto (native), or NxN: the native image upscaled by nearest "
+                                               "neighbour")),
+        "response_format": (ResponseFormat | None, Field(None, json_schema_extra={"enum": [*formats, None]},
+                                                         description="null: b64_json")),
+        "user": (str | None, Field(None, max_length=MAX_USER_CHARS, description="accepted, echoed")),
+        "safety_identifier": (str | None, Field(None, max_length=MAX_USER_CHARS, description="accepted, echoed")),
         "prompt": (str, Field(max_length=max_prompt_chars,
                               description="names one class (a class name, an alias, or a sentence containing "
                                           "exactly one); empty: unconditional")),

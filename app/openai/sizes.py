@@ -38,6 +38,12 @@ class SizeChoice:
         return f"; drawn at {n}x{n} and upscaled {self.factor}x to {self.text} by nearest neighbour"
 
 
+def size_choices(native: int, max_side: int = DEFAULT_MAX_SIDE) -> list[str]:
+    """Every ``size`` served, for the OpenAPI document's enum: ``auto`` and each NxN."""
+    top = max(native, max_side - max_side % native)
+    return ["auto", *(f"{s}x{s}" for s in range(native, top + 1, native))]
+
+
 def allowed_sizes(native: int, max_side: int = DEFAULT_MAX_SIDE) -> str:
     """The sizes allowed, in words, for the 400 and the docs."""
     top = max(native, max_side - max_side % native)
