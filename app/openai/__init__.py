@@ -7,6 +7,9 @@ depend on the server's wiring, one concept a module.
 - ``encoding``: png (identical to ``/generate``), jpeg, webp; ``response``: ``ImagesResponse``
 - ``stream``: OpenAI's image stream events; ``models``: the model list
 - ``errors``: OpenAI's error envelope (``OpenAIError``, ``from_status``, ``from_validation``)
+- ``envelope``: the middleware that puts every error under ``/v1/images`` and ``/v1/models`` in it
+- ``router``: the routes, and ``install(app, service, dependencies=...)``, which ``create_app`` calls
+- ``openapi``: the bodies as the OpenAPI document shows them
 """
 
 from .errors import OpenAIError, from_status, from_validation
