@@ -5,6 +5,9 @@ from __future__ import annotations
 
 import base64
 import io
+import re
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -24,7 +27,7 @@ from PIL import Image
 
 from app import Settings, create_app
 from app.openai.router import install
-from model import DiffusionModel, load_checkpoint
+from model import EMBEDDED_CHECKPOINT, DiffusionModel, load_checkpoint
 from model.images import decode_png
 
 from .live import free_port, slowed, wait_ready
@@ -327,3 +330,24 @@ def test_a_client_leaving_a_stream_frees_its_rows(tiny_checkpoint: Path) -> None
         stream.close()
         wait_active(url, 0.0)
         assert time.monotonic() - left < 1.5  # freed at the next steps, not after the remaining ~3 s
+
+
+# ---- the README's example ----
+
+README = Path(__file__).resolve().parents[1] / "README.md"
+README_ADDRESS = "127.0.0.1:8000"
+
+
+def test_the_readme_sdk_example_runs_as_written(tmp_path: Path) -> None:
+    """The README's five lines, on the embedded model, only the port changed; the PNG they write
+    is the one /generate draws for the same seed, steps and class."""
+    blocks = [b for b in re.findall(r"^```python\n(.*?)^```", README.read_text(), re.MULTILINE | re.DOTALL)
+              if "from openai import OpenAI" in b]
+    assert len(blocks) == 1 and README_ADDRESS in blocks[0] and len(blocks[0].strip().splitlines()) == 5
+    with openai_server(EMBEDDED_CHECKPOINT) as (url, _):
+        code = blocks[0].replace(README_ADDRESS, url.removeprefix("http://"))
+        result = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True,
+                                timeout=180)
+        assert result.returncode == 0, result.stderr
+        native = httpx.post(f"{url}/generate", json={"label": 7, "seed": 42, "steps": 20}, timeout=60)
+    assert (tmp_path / "seven.png").read_bytes() == native.content
