@@ -15,6 +15,7 @@ depend on the server's wiring, one concept a module.
 from .errors import OpenAIError, from_status, from_validation
 from .plan import ImagesPlan, plan_images
 from .request import ImagesRequest, images_request_model
+from .router import install
 
 __all__ = ["ImagesPlan", "ImagesRequest", "OpenAIError", "from_status", "from_validation", "images_request_model",
-           "plan_images"]
+           "install", "plan_images"]
