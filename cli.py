@@ -28,10 +28,11 @@ def _convert(args: argparse.Namespace) -> int:
 
 def _sample(args: argparse.Namespace) -> int:
     from model import load_checkpoint
-    from model.device import configure_threads
+    from model.device import configure_threads, resolve_device
     from model.images import write_samples
 
-    model = load_checkpoint(args.checkpoint, device=args.device, dtype=args.dtype)
+    device = resolve_device(args.device, "--device")
+    model = load_checkpoint(args.checkpoint, device=device, dtype=args.dtype)
     configure_threads(None, model.gflops_per_image)  # as the server does
     images = model.sample(
         args.n, steps=args.steps, sampler=args.sampler, eta=args.eta, seed=args.seed,
@@ -129,17 +130,34 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _install_hint(module: str | None) -> str:
+    """The command that installs a missing package, for the packages an extra provides."""
+    extras = {"sklearn": "pip install -e '.[train]'", "diffusers": "pip install -e '.[test]'"}
+    return extras.get((module or "").split(".")[0], "pip install -e .")
+
+
 def main(argv: Sequence[str] | None = None) -> int:
+    """Every error a user can fix ends in one line on stderr and exit status 2, no traceback:
+    config, checkpoint and conversion errors (ValueErrors that name what is wrong) and a
+    missing optional package (named with the command that installs it)."""
+    from model import CheckpointError, ConfigError
+
     parser = build_parser()
     args, extra = parser.parse_known_args(argv)
-    if getattr(args, "takes_overrides", False):
-        return int(args.func(args, extra))
-    if extra:
+    takes_overrides = getattr(args, "takes_overrides", False)
+    if extra and not takes_overrides:
         parser.error(f"unrecognized arguments: {' '.join(extra)}")
     try:
-        return int(args.func(args))
-    except ValueError as exc:  # config, checkpoint and conversion errors name what is wrong
+        return int(args.func(args, extra) if takes_overrides else args.func(args))
+    except ValueError as exc:
+        # A long training run's other ValueErrors are bugs: they keep their traceback.
+        if takes_overrides and not isinstance(exc, ConfigError | CheckpointError):
+            raise
         print(f"ddpm {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+    except ModuleNotFoundError as exc:
+        print(f"ddpm {args.command}: error: the Python package {exc.name!r} is not installed; "
+              f"{_install_hint(exc.name)} installs it", file=sys.stderr)
         return 2
 
 

@@ -19,7 +19,7 @@ from pathlib import Path
 import torch
 
 from model import DiffusionModel, RowSpec, load_checkpoint
-from model.device import configure_threads
+from model.device import configure_threads, resolve_device
 from model.pipeline import EMBEDDED_CHECKPOINT
 
 from .engine import Engine
@@ -56,7 +56,8 @@ class Service:
         start = time.perf_counter()
         checkpoint = Path(settings.checkpoint or EMBEDDED_CHECKPOINT)
         if model is None:
-            model = load_checkpoint(checkpoint, device=settings.device, dtype=settings.dtype,
+            device = resolve_device(settings.device, "DDPM_DEVICE")
+            model = load_checkpoint(checkpoint, device=device, dtype=settings.dtype,
                                     channels_last=settings.channels_last)
         service = cls(settings, model, checkpoint)
         service.load_seconds = time.perf_counter() - start

@@ -22,6 +22,7 @@ def model_card(service: Service) -> dict[str, Any]:
         "channels": c.channels,
         "num_classes": c.num_classes,
         "class_names": list(c.class_names) if c.class_names else None,
+        "class_aliases": {name: list(aliases) for name, aliases in c.class_aliases.items()},
         "timesteps": c.diffusion.num_timesteps,
         "schedule": c.diffusion.schedule,
         "prediction": c.diffusion.prediction,
