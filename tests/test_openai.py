@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import io
+import re
 from types import SimpleNamespace
 from typing import Any
 
@@ -313,3 +314,38 @@ def test_the_schema_shows_the_exact_sizes_and_formats_served(digits: Any) -> Non
             choose_size(size, 8, max_side=32)
         with pytest.raises(OpenAIError):
             choose_size("40x40", 8, max_side=32)
+
+
+def test_the_schema_pattern_admits_every_prompt_that_can_be_accepted(digits: Any) -> None:
+    """Hypothesis: a prompt accepted by choose_class matches the schema's pattern (read with
+    JSON Schema's ASCII rules), so no schema-invalid prompt is ever served; and the pattern is
+    tight: a prompt naming one class as a whole word matches it."""
+    from hypothesis import given, settings
+    from hypothesis import strategies as st
+
+    from app.openai.prompts import Vocabulary
+
+    vocabulary = Vocabulary.from_config(digits)
+    assert vocabulary is not None
+    ecma = re.compile(vocabulary.schema_pattern(), re.ASCII)  # ECMA-262: \W is [^A-Za-z0-9_]
+    pieces = st.sampled_from(["7", "seven", "SeVeN", "3", " ", "\t", "\u00a0", "\x1c", "é", "ſeven", "_", "-",
+                              "x", "a", "17", "seven7", "\n", "🙂", "K", "ß"])
+
+    @settings(max_examples=400, deadline=None)
+    @given(st.lists(pieces, max_size=6).map("".join))
+    def check(prompt: str) -> None:
+        try:
+            choose_class(prompt, digits)
+            accepted = True
+        except OpenAIError:
+            accepted = False
+        if accepted:
+            assert ecma.search(prompt), prompt
+
+    check()
+    for prompt in ("7", "a 7.", "SEVEN", "", " \t", "x-7-y"):
+        assert ecma.search(prompt) and choose_class(prompt, digits) is not None
+    for prompt in ("seven7", "ſeven", "\u00a0", "é"):  # not a whole ASCII word, or not blank by the rules
+        assert not ecma.search(prompt)
+        with pytest.raises(OpenAIError):
+            choose_class(prompt, digits)

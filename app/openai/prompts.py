@@ -2,7 +2,8 @@
 
 A prompt selects class ``k`` when it is, or contains as a whole word, exactly one of
 ``k``'s names: the checkpoint's class name (``"7"``) or one of the aliases stored with it
-(``config.class_aliases["7"] == ("seven",)``). Matching ignores case and surrounding space.
+(``config.class_aliases["7"] == ("seven",)``). Matching ignores ASCII case; a word is ASCII
+letters, digits and underscores, as in JSON Schema's patterns (``schema_pattern``).
 "a handwritten 7" and "a seven" pick 7; "7 or 8", or a prompt naming no class, is a 400 whose
 message lists the classes. An empty prompt samples unconditionally (label None: the null label
 the network was trained on with label dropout, the same as the native API's ``label: null``).
@@ -18,6 +19,9 @@ from dataclasses import dataclass
 from model import ModelConfig
 
 from .errors import OpenAIError
+
+_BLANK = r"[ \t\n\r\f\v]*"  # spelled out: Python's \s and str.strip() know more spaces than JSON Schema's
+_ECMA_SPECIAL = set("\\^$.|?*+()[]{}")  # outside a character class
 
 
 @dataclass(frozen=True)
@@ -51,15 +55,28 @@ class Vocabulary:
         return ", ".join(f"{n[0]} ({', '.join(n[1:])})" if len(n) > 1 else n[0] for n in self.names)
 
     def pattern(self) -> re.Pattern[str]:
-        """Any name as a whole word; longest first, so "t-shirt" wins over "shirt" inside it."""
-        words = sorted({w.casefold() for n in self.names for w in n}, key=len, reverse=True)
+        """Any name as a whole word; longest first, so "t-shirt" wins over "shirt" inside it.
+
+        ASCII rules (word characters, case), the same as JSON Schema's regular expressions, so
+        that ``schema_pattern`` states exactly which prompts can be accepted."""
+        words = sorted({w for n in self.names for w in n}, key=len, reverse=True)
         alternation = "|".join(re.escape(w) for w in words)
-        return re.compile(rf"(?<!\w)(?:{alternation})(?!\w)")
+        return re.compile(rf"(?<!\w)(?:{alternation})(?!\w)", re.ASCII | re.IGNORECASE)
 
     def labels_of(self, word: str) -> set[int]:
         """The classes a matched word names: one, unless two classes share a name but for case."""
-        folded = word.casefold()
-        return {k for k, n in enumerate(self.names) if folded in (w.casefold() for w in n)}
+        return {k for k, n in enumerate(self.names)
+                if any(re.fullmatch(re.escape(w), word, re.ASCII | re.IGNORECASE) for w in n)}
+
+    def schema_pattern(self) -> str:
+        """An ECMA-262 pattern (for the OpenAPI document) that every prompt this vocabulary can
+        accept matches: blank, or some name as a whole word. (Naming two classes also matches:
+        that rule is beyond a regular expression, and is a 400.)"""
+        def ecma(word: str) -> str:
+            return "".join(f"[{c.lower()}{c.upper()}]" if c.isascii() and c.isalpha() else
+                           (f"\\{c}" if c in _ECMA_SPECIAL else c) for c in word)
+        words = sorted({w for n in self.names for w in n}, key=len, reverse=True)
+        return rf"^{_BLANK}$|(^|\W)({'|'.join(ecma(w) for w in words)})(\W|$)"
 
 
 def choose_class(prompt: str, config: ModelConfig, *, name: str | None = None) -> ClassChoice:
@@ -68,10 +85,9 @@ def choose_class(prompt: str, config: ModelConfig, *, name: str | None = None) -
     vocabulary = Vocabulary.from_config(config, name)
     if vocabulary is None:
         return ClassChoice(None, f"{name or config.name} is an unconditional model: the prompt was ignored")
-    text = prompt.strip().casefold()
-    if not text:
+    if re.fullmatch(_BLANK, prompt):
         return ClassChoice(None, "unconditional: the empty prompt names no class")
-    labels = sorted({k for m in vocabulary.pattern().finditer(text) for k in vocabulary.labels_of(m.group(0))})
+    labels = sorted({k for m in vocabulary.pattern().finditer(prompt) for k in vocabulary.labels_of(m.group(0))})
     if len(labels) == 1:
         k = labels[0]
         return ClassChoice(k, f"class {vocabulary.names[k][0]!r} (label {k})")

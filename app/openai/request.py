@@ -30,6 +30,7 @@ from pydantic import BaseModel, ConfigDict, Field, create_model
 
 from model import MAX_SEED, SAMPLERS, ModelConfig
 
+from .prompts import Vocabulary
 from .sizes import DEFAULT_MAX_SIDE, size_choices
 
 # A prompt here only names a class; OpenAI's own limit (32000) is for a text encoder there is none of.
@@ -107,6 +108,7 @@ def images_request_model(config: ModelConfig, *, max_images: int, max_steps: int
     """
     sampler_type: Any = Literal[tuple(SAMPLERS)]
     formats = ["b64_json", "url"] if stores_urls else ["b64_json"]
+    vocabulary = Vocabulary.from_config(config)
     fields: dict[str, Any] = {
         "model": (str | None, Field(None, max_length=MAX_NAME_CHARS, description="the served model; null: it")),
         "size": (str | None, Field(None, json_schema_extra={"enum": [*size_choices(config.image_size, max_side),
@@ -118,8 +120,9 @@ def images_request_model(config: ModelConfig, *, max_images: int, max_steps: int
         "user": (str | None, Field(None, max_length=MAX_USER_CHARS, description="accepted, echoed")),
         "safety_identifier": (str | None, Field(None, max_length=MAX_USER_CHARS, description="accepted, echoed")),
         "prompt": (str, Field(max_length=max_prompt_chars,
+                              json_schema_extra={"pattern": vocabulary.schema_pattern()} if vocabulary else None,
                               description="names one class (a class name, an alias, or a sentence containing "
-                                          "exactly one); empty: unconditional")),
+                                          "exactly one as a whole word); blank: unconditional")),
         "n": (int | None, Field(None, ge=1, le=max_images, description="images; null: 1")),
         "output_compression": (int | None, Field(None, ge=0, le=100,
                                                  description="jpeg/webp quality, 100: least compression "
