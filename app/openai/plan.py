@@ -1,0 +1,68 @@
+"""What an OpenAI request asks of the engine: the native generation fields, and how to answer.
+
+``plan_images`` resolves everything the OpenAI request decides (model name, class from the
+prompt, size, formats) and hands the rest to the native path through ``ImagesPlan.native``:
+the same fields a ``/generate`` body has, so the rows are built by the same code, share the
+same batches, and give the same pixels for the same seed.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from model import ModelConfig
+
+from .errors import OpenAIError
+from .prompts import choose_class
+from .request import ImagesRequest, OutputFormat
+from .sizes import DEFAULT_MAX_SIDE, SizeChoice, choose_size
+
+
+@dataclass(frozen=True)
+class ImagesPlan:
+    n: int
+    label: int | None
+    revised_prompt: str  # the class drawn, plus the upscale note
+    size: SizeChoice
+    output_format: OutputFormat
+    compression: int
+    response_format: str  # b64_json | url
+    stream: bool
+    partial_images: int  # 0..3, 0 unless streaming
+    safety_identifier: str | None
+    native: dict[str, Any]  # the /generate fields: n, seed, steps, sampler, eta, label, guidance
+
+
+def check_model(requested: str | None, served: str) -> None:
+    """404 ``model_not_found`` unless the request names the served model (or none)."""
+    if requested is not None and requested != served:
+        raise OpenAIError(404, f"The model '{requested}' does not exist; this server serves '{served}' "
+                               f"(GET /v1/models)", param="model", code="model_not_found")
+
+
+def plan_images(body: ImagesRequest, config: ModelConfig, *, name: str | None = None,
+                max_side: int = DEFAULT_MAX_SIDE, stores_urls: bool = False) -> ImagesPlan:
+    """Resolve an OpenAI request against the served model; raises OpenAIError (400/404).
+
+    ``name``: the served model name (default: the checkpoint's). ``stores_urls``: whether results
+    can be served by URL (the jobs store); without it
+    ``response_format=url`` is a 400 that says to ask for ``b64_json``.
+    """
+    name = name or config.name
+    check_model(body.model, name)
+    response_format = body.response_format or "b64_json"
+    if response_format == "url" and not stores_urls:
+        raise OpenAIError(400, "response_format='url' needs stored results, which this server does not keep; "
+                               "use response_format='b64_json'", param="response_format",
+                          code="unsupported_value")
+    size = choose_size(body.size, config.image_size, max_side)
+    choice = choose_class(body.prompt, config, name=name)
+    native = {"n": body.images, "seed": body.seed, "steps": body.steps, "sampler": body.sampler,
+              "eta": body.eta, "label": choice.label, "guidance": body.guidance}
+    return ImagesPlan(
+        n=body.images, label=choice.label, revised_prompt=choice.revised_prompt + size.note(), size=size,
+        output_format=body.format, compression=body.compression, response_format=response_format,
+        stream=bool(body.stream), partial_images=body.partials, safety_identifier=body.identifier,
+        native=native,
+    )

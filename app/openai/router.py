@@ -1,0 +1,154 @@
+"""``POST /v1/images/generations``, ``GET /v1/models`` and ``GET /v1/models/{id}``.
+
+An OpenAI request is resolved (``plan_images``) into the native generation fields and then
+goes the way of ``/generate``: the same ``submit``, the same engine, the same batches, so an
+SDK request and a native one with different step counts share network calls, and the same
+seed gives the same pixels (and, at the native size in PNG, the same bytes). Failures are the
+server's own domain errors, mapped to HTTP in the one place that maps them; ``OpenAIEnvelope``
+re-expresses the result in OpenAI's envelope. In a stream, a failure is an ``error`` event.
+
+(No ``from __future__ import annotations``: FastAPI must see the request model, built at run
+time from the model's bounds, as a real type rather than a string naming a local variable.)
+"""
+
+import time
+from collections.abc import AsyncIterator, Sequence
+from typing import Any
+
+import numpy as np
+from fastapi import APIRouter, FastAPI, Request
+from fastapi.params import Depends
+from fastapi.responses import JSONResponse, StreamingResponse
+from starlette.concurrency import run_in_threadpool
+
+from ..events import Done, Failed, ImageReady, Progress
+from ..generation import GenerationParams, Submission, submit
+from ..http_errors import detail_of, headers_of, status_of
+from ..routes.generate import KEEPALIVE_S, outcome
+from ..service import Service
+from .encoding import encode_image
+from .envelope import OpenAIEnvelope
+from .errors import OpenAIError, from_status
+from .models import created_at, find_model, model_list
+from .openapi import ImagesResponseBody, ModelList, ModelOut, errors
+from .plan import ImagesPlan, plan_images
+from .request import ImagesRequest, images_request_model
+from .response import ddpm_extra, images_response
+from .sizes import DEFAULT_MAX_SIDE
+from .stream import PartialCounter, completed_event, error_event, partial_event, preview_every
+
+
+def encode_all(plan: ImagesPlan, images: Sequence[np.ndarray]) -> list[bytes]:
+    return [encode(plan, image) for image in images]
+
+
+def encode(plan: ImagesPlan, image: np.ndarray) -> bytes:
+    return encode_image(image, plan.output_format, compression=plan.compression, factor=plan.size.factor)
+
+
+def resolved_extra(service: Service, plan: ImagesPlan, submission: Submission) -> dict[str, Any]:
+    r = submission.resolved
+    return ddpm_extra(plan, service.name, r.seeds, {"steps": r.steps, "sampler": r.sampler, "guidance": r.guidance})
+
+
+def make_router(service: Service, body_model: type[ImagesRequest], *, max_side: int = DEFAULT_MAX_SIDE) -> APIRouter:
+    router = APIRouter(tags=["OpenAI-compatible"])
+    Body: Any = body_model  # a type built at run time from the model's bounds
+    config = service.model.config
+    started = int(time.time())
+
+    def start(body: ImagesRequest, request: Request) -> tuple[ImagesPlan, Submission]:
+        plan = plan_images(body, config, name=service.name, max_side=max_side)
+        steps = body.steps or service.plan.default_steps
+        params = GenerationParams(**plan.native, preview_every=preview_every(steps, plan.partial_images))
+        submission = submit(service, params, request.state.request_id, progress=plan.stream)
+        request.state.sampler = submission.resolved.sampler
+        return plan, submission
+
+    @router.post("/v1/images/generations", summary="Generate images (OpenAI's Images API)",
+                 responses={200: {"model": ImagesResponseBody, "content": {"text/event-stream": {}},
+                                  "description": "OpenAI's ImagesResponse, or (stream) its image stream events"},
+                            **errors(400, 401, 404, 413, 429, 500, 503, 504)})
+    async def generations(request: Request, body: Body) -> Any:
+        plan, submission = start(body, request)
+        if plan.stream:
+            headers = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no", **submission.seed_headers()}
+            return StreamingResponse(image_stream(service, plan, submission, request),
+                                     media_type="text/event-stream", headers=headers)
+        images = await outcome(submission, request)
+        encoded = await run_in_threadpool(encode_all, plan, images)
+        content = images_response(plan, encoded, created=int(time.time()),
+                                  extra=resolved_extra(service, plan, submission))
+        service.metrics.request_duration.observe(submission.timings()["total_s"])
+        return JSONResponse(content, headers=submission.seed_headers())
+
+    @router.get("/v1/models", summary="The served model, in OpenAI's list shape",
+                responses={200: {"model": ModelList}, **errors(401)})
+    async def models() -> dict[str, Any]:
+        return model_list(service.name, created=created_at(config, started))
+
+    @router.get("/v1/models/{model_id}", summary="One model, in OpenAI's shape",
+                responses={200: {"model": ModelOut}, **errors(401, 404)})
+    async def model(model_id: str) -> dict[str, Any]:
+        return find_model(service.name, model_id, created=created_at(config, started))
+
+    return router
+
+
+async def image_stream(service: Service, plan: ImagesPlan, submission: Submission,
+                       request: Request) -> AsyncIterator[bytes]:
+    """Partial images (x0 predictions) as previews arrive, each image as it finishes, or an error."""
+    partials = PartialCounter(plan.n, plan.partial_images)
+    try:
+        while True:
+            try:
+                event = await submission.next_event(KEEPALIVE_S)
+            except TimeoutError:
+                yield b": keep-alive\n\n"
+                continue
+            match event:
+                case Progress(previews=previews) if previews:
+                    for index, image in previews.items():
+                        number = partials.next_index(index)
+                        if number is not None:
+                            encoded = await run_in_threadpool(encode, plan, image)
+                            yield partial_event(plan, encoded, image_index=index, partial_index=number,
+                                                created=int(time.time()))
+                case ImageReady(index=index, seed=seed, image=image):
+                    encoded = await run_in_threadpool(encode, plan, image)
+                    yield completed_event(plan, encoded, image_index=index, seed=seed, created=int(time.time()))
+                case Done():
+                    service.metrics.request_duration.observe(submission.timings()["total_s"])
+                    return
+                case Failed(error=error):
+                    envelope = from_status(status_of(error), detail_of(error), headers=headers_of(error))
+                    request.state.outcome = envelope.status  # counted as the client saw it, not as the 200
+                    yield error_event(envelope)
+                    return
+                case _:
+                    continue
+    finally:
+        submission.cancel()  # the client left mid-stream: free the rows
+
+
+async def openai_error_handler(request: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, OpenAIError)
+    return exc.to_response()
+
+
+def install(app: FastAPI, service: Service, *, dependencies: Sequence[Depends] = (),
+            max_side: int | None = None) -> None:
+    """Serve the OpenAI-compatible API on ``app``. Call it last in ``create_app`` (its middleware
+    must wrap the API-key check and the body limit, whose errors it re-expresses); a second call
+    does nothing. ``max_side``: the largest image side served (default: the setting
+    ``openai_max_size`` when Settings has it, else 1024)."""
+    if getattr(app.state, "openai_installed", False):
+        return
+    app.state.openai_installed = True
+    side = max_side or getattr(service.settings, "openai_max_size", None) or DEFAULT_MAX_SIDE
+    s, plan = service.settings, service.plan
+    body = images_request_model(service.model.config, max_images=plan.admissible_images, max_steps=plan.max_steps,
+                                max_guidance=s.max_guidance, max_side=side)
+    app.include_router(make_router(service, body, max_side=side), dependencies=list(dependencies))
+    app.add_exception_handler(OpenAIError, openai_error_handler)
+    app.add_middleware(OpenAIEnvelope)
