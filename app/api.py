@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
+from typing import Any
 
 from fastapi import Depends, FastAPI
 from fastapi.exceptions import RequestValidationError
@@ -19,9 +20,10 @@ from .docs_assets import install_offline_docs
 from .errors import ServingError
 from .http import ApiKeyAuth, RequestContext
 from .http_errors import serving_error_handler, validation_error_handler
+from .openai import install as install_openai
 from .routes import generate, health
 from .routes import model as model_routes
-from .schemas import request_model
+from .schemas import ERROR_RESPONSES, request_model
 from .service import Service
 from .settings import Settings
 
@@ -59,10 +61,12 @@ def create_app(settings: Settings | None = None, *, model: DiffusionModel | None
     # The OpenAPI document declares Bearer authentication exactly when keys are configured;
     # ApiKeyAuth enforces it, so the scheme's own check is off.
     secured = [Depends(HTTPBearer(auto_error=False, description="DDPM_API_KEYS"))] if settings.keys else []
+    unauthorized: dict[int | str, dict[str, Any]] = {401: ERROR_RESPONSES[401]} if settings.keys else {}
     body = request_model(service.model.config, service.plan, max_guidance=settings.max_guidance)
     app.include_router(generate.make_router(service, body), dependencies=secured)
-    app.include_router(model_routes.make_router(service), dependencies=secured)
+    app.include_router(model_routes.make_router(service), dependencies=secured, responses=unauthorized)
     app.include_router(health.make_router(service))
+    install_openai(app, service, dependencies=secured)  # last: its middleware wraps the ones above
 
     async def index() -> FileResponse:
         return FileResponse(STATIC / "index.html")

@@ -19,7 +19,7 @@ from .metrics import Metrics
 
 log = logging.getLogger("ddpm.http")
 _SAFE_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
-COUNTED_PATHS = ("/generate", "/generate/stream")
+COUNTED_PATHS = {"/generate": "native", "/generate/stream": "native", "/v1/images/generations": "openai"}
 PROTECTED_PREFIXES = ("/generate", "/v1/")  # health, metrics, the page and the docs stay open
 
 
@@ -83,10 +83,11 @@ class RequestContext:
             else:
                 await self.app(scope, limited_receive, send_with_id)
         finally:
-            if scope["path"] in COUNTED_PATHS and scope["method"] == "POST":
+            api = COUNTED_PATHS.get(scope["path"])
+            if api is not None and scope["method"] == "POST":
                 sampler = state.get("sampler", "none")
                 outcome = state.get("outcome", status["code"])
-                self.metrics.requests.labels(status=str(outcome), sampler=sampler).inc()
+                self.metrics.requests.labels(api=api, status=str(outcome), sampler=sampler).inc()
                 log.info("request_id=%s %s status=%d sampler=%s seconds=%.3f", request_id, scope["path"],
                          outcome, sampler, time.perf_counter() - start)
 

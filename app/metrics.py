@@ -20,7 +20,8 @@ class Metrics:
         self.registry = CollectorRegistry(auto_describe=True)
         r = self.registry
         self.requests = Counter(
-            "ddpm_requests", "Generation requests by final HTTP status and sampler", ["status", "sampler"],
+            "ddpm_requests", "Generation requests by API (native, openai), final HTTP status and sampler",
+            ["api", "status", "sampler"],
             registry=r)
         self.request_duration = Histogram(
             "ddpm_request_duration_seconds", "Time from admission to response, per request",

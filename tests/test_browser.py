@@ -235,7 +235,8 @@ def test_page_generates_shows_both_chains_and_server_errors(
                            limits["max_steps"] + 1, int(limits["max_guidance"]) + 1)
     by_id("generate").click()
     wait(browser, "document.body.dataset.run === 'failed'")
-    expected = api.post("/generate", json={"steps": limits["max_steps"] + 1, "guidance": int(limits["max_guidance"]) + 1})
+    too_far = {"steps": limits["max_steps"] + 1, "guidance": int(limits["max_guidance"]) + 1}
+    expected = api.post("/generate", json=too_far)
     assert expected.status_code == 422
     messages = [e["msg"] for e in expected.json()["detail"]]
     assert len(messages) == 2 and any("steps" in m for m in messages) and any("guidance" in m for m in messages)

@@ -133,8 +133,8 @@ def test_a_failed_stream_is_counted_as_the_client_saw_it(tiny_checkpoint: Path) 
         events = parse_sse(c.post("/generate/stream", json={"steps": 100, "timeout_s": 1}).text)
         assert events[-1] == ("error", {"status": 504, "detail": events[-1][1]["detail"]})
         metrics = c.get("/metrics").text
-    assert re.search(r'ddpm_requests_total\{sampler="\w+",status="504"\} 1\.0', metrics)
-    assert not re.search(r'ddpm_requests_total\{sampler="\w+",status="200"\}', metrics)
+    assert re.search(r'ddpm_requests_total\{api="native",sampler="\w+",status="504"\} 1\.0', metrics)
+    assert not re.search(r'ddpm_requests_total\{api="native",sampler="\w+",status="200"\}', metrics)
 
 
 def test_retry_after_predicts_the_wait_for_admission(tiny_checkpoint: Path) -> None:

@@ -351,3 +351,20 @@ def test_the_readme_sdk_example_runs_as_written(tmp_path: Path) -> None:
         assert result.returncode == 0, result.stderr
         native = httpx.post(f"{url}/generate", json={"label": 7, "seed": 42, "steps": 20}, timeout=60)
     assert (tmp_path / "seven.png").read_bytes() == native.content
+
+
+def test_requests_are_counted_by_api_as_the_client_saw_them(tiny_checkpoint: Path) -> None:
+    model = slowed(tiny_checkpoint, 0.04)  # 100 steps: 4 s, past the 1 s deadline
+    with openai_server(tiny_checkpoint, model=model, request_timeout_s=1.0) as (url, _):
+        client = sdk(url)
+        client.images.generate(prompt="7", extra_body={"steps": 2, "sampler": "ddim"})
+        with pytest.raises(openai.BadRequestError):
+            client.images.generate(prompt="7 or 8")
+        with pytest.raises(openai.APIError):
+            list(client.images.generate(prompt="7", stream=True, extra_body={"steps": 100, "sampler": "ddim"}))
+        httpx.post(f"{url}/generate", json={"steps": 2, "sampler": "ddim"}, timeout=30)
+        text = httpx.get(f"{url}/metrics").text
+    assert 'ddpm_requests_total{api="openai",sampler="ddim",status="200"} 1.0' in text
+    assert re.search(r'ddpm_requests_total\{api="openai",sampler="\w+",status="400"\} 1\.0', text)
+    assert 'ddpm_requests_total{api="openai",sampler="ddim",status="504"} 1.0' in text  # the stream's error
+    assert 'ddpm_requests_total{api="native",sampler="ddim",status="200"} 1.0' in text

@@ -134,7 +134,7 @@ def test_metrics_exposition(client: httpx.Client) -> None:
                  "ddpm_batch_size_bucket", "ddpm_step_duration_seconds_bucket", "ddpm_images_total",
                  "ddpm_queue_images", "ddpm_active_images", "ddpm_model_info"):
         assert name in text, name
-    assert 'ddpm_requests_total{sampler="dpmpp_2m",status="200"}' in text
+    assert 'ddpm_requests_total{api="native",sampler="dpmpp_2m",status="200"}' in text
     assert 'le="600.0"' in text  # latency buckets reach minutes
     promtool = shutil.which("promtool")
     if promtool:
@@ -265,7 +265,7 @@ def test_failing_network_call_fails_only_its_batch(tiny_checkpoint: Path) -> Non
         armed.clear()
         assert c.post("/generate", json={"steps": 5}).status_code == 200
         assert c.get("/readyz").status_code == 200
-        assert 'ddpm_requests_total{sampler="ddim",status="500"} 1.0' in c.get("/metrics").text
+        assert 'ddpm_requests_total{api="native",sampler="ddim",status="500"} 1.0' in c.get("/metrics").text
 
 
 def test_a_request_that_could_never_be_admitted_gets_422(tiny_checkpoint: Path) -> None:
