@@ -17,7 +17,7 @@ q(x_t0 | x_0) (eq. 4) with its first draw as the noise (SDEdit, interpolation), 
 it is (variations continue a shared x_t). A row may also carry a ``known`` image and a mask
 (1 = regenerate): after every move t -> s the kept pixels are replaced by the known image
 noised to s, x_s = m * x_s + (1 - m) * q_sample(x0_known, s), with that noise drawn from the
-row's own generator after its step noise (RePaint, Lugmayr et al. 2022, eq. 8). The last move
+row's own generator after its step noise (RePaint, Lugmayr et al. 2022, sec. 4.1). The last move
 lands on the data, where q_sample is the known image itself: kept pixels come back exactly.
 """
 
@@ -251,7 +251,7 @@ class RowBatch:
                 buf[[i for i, _ in draws]] = torch.stack([d for _, d in draws]).to(self.device, non_blocking=True)
 
     def _replace_known(self, x: torch.Tensor, x0: torch.Tensor, coefs: torch.Tensor, k: torch.Tensor) -> None:
-        """RePaint's step (Lugmayr et al. 2022, eq. 8) for the masked rows, in place:
+        """RePaint's step (Lugmayr et al. 2022, sec. 4.1) for the masked rows, in place:
         x_s = m * x_s + (1 - m) * (sqrt(abar_s) x0_known + sqrt(1 - abar_s) z), and x0 likewise."""
         assert self._known is not None and self._mask is not None and self._known_noise is not None
         rows = self._masked[: len(x)].nonzero().flatten().to(self.device)

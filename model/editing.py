@@ -167,11 +167,11 @@ def variation_plans(
     s = model.config.sampling
     ts = select_timesteps(num, steps or s.steps, s.spacing)
     moves = np.stack([ts, np.append(ts[1:], DATA)], axis=1)
+    if not _plan(model, moves, sampler, eta).stochastic:
+        raise EditError("sampler", "variations need a stochastic sampler (ddpm, or ddim with eta > 0)")
     k = int((ts > t - 1).sum())  # moves that start above the shared x_t
     prefix = _plan(model, moves[:k], sampler, eta) if k else None
     cont = _plan(model, moves[k:], sampler, eta) if k < len(ts) else None
-    if cont is not None and not cont.stochastic:
-        raise EditError("sampler", "variations need a stochastic sampler (ddpm, or ddim with eta > 0)")
     return prefix, cont
 
 
