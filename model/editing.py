@@ -130,6 +130,34 @@ def inpaint_spec(
                    known=Known(image, mask.float()))
 
 
+DEFAULT_SDEDIT_STRENGTH = 0.5  # without a mask: keep the layout, redraw the details
+DEFAULT_INPAINT_STRENGTH = 1.0  # with a mask: the masked part owes nothing to the pixels under it
+
+
+def edit_specs(
+    model: DiffusionModel, image: torch.Tensor, mask: torch.Tensor | None, *, n: int, seed: int,
+    strength: float | None = None, jumps: int = 0, jump_length: int = 10, label: int | None = None,
+    guidance: float = 0.0, steps: int | None = None, sampler: str | None = None, eta: float | None = None,
+) -> list[RowSpec]:
+    """``POST /v1/edits`` as rows: ``n`` edits of one image, edit i with seed + i (as /generate).
+    Without a mask SDEdit (jumps must be 0), with one RePaint."""
+    if n < 1:
+        raise EditError("n", f"n={n} must be >= 1")
+    if mask is None and jumps:
+        raise EditError("jumps", "resampling jumps need a mask (they are RePaint's)")
+    specs = []
+    for i in range(n):
+        if mask is None:
+            specs.append(sdedit_spec(model, image, strength=DEFAULT_SDEDIT_STRENGTH if strength is None else strength,
+                                     seed=seed + i, label=label, guidance=guidance, steps=steps, sampler=sampler,
+                                     eta=eta))
+        else:
+            specs.append(inpaint_spec(model, image, mask, seed=seed + i, jumps=jumps, jump_length=jump_length,
+                                      strength=DEFAULT_INPAINT_STRENGTH if strength is None else strength,
+                                      label=label, guidance=guidance, steps=steps, sampler=sampler, eta=eta))
+    return specs
+
+
 def interpolation_specs(
     model: DiffusionModel, a: torch.Tensor, b: torch.Tensor, *, t: int, frames: int, seed: int,
     label: int | None = None, guidance: float = 0.0, steps: int | None = None, sampler: str | None = None,

@@ -16,6 +16,7 @@ from model.batch import Known, Start
 from model.editing import (
     EditError,
     blend_frames,
+    edit_specs,
     inpaint_spec,
     interpolation_specs,
     repaint_moves,
@@ -53,7 +54,7 @@ TOP = torch.zeros(1, 8, 8)
 TOP[:, :4] = 1.0  # regenerate the top half, keep the bottom
 
 
-def edit_specs(tiny) -> list[RowSpec]:  # type: ignore[no-untyped-def]
+def mixed_specs(tiny) -> list[RowSpec]:  # type: ignore[no-untyped-def]
     """Every kind of edit row beside plain rows of every sampler, with and without guidance."""
     prefix_plan, cont = variation_plans(tiny, t=50, steps=10, sampler="ddpm")
     assert prefix_plan is not None and cont is not None
@@ -74,7 +75,7 @@ def edit_specs(tiny) -> list[RowSpec]:  # type: ignore[no-untyped-def]
 def test_edit_rows_share_batches_with_plain_rows_byte_for_byte(tiny) -> None:  # type: ignore[no-untyped-def]
     """Each row's image is the same alone and mixed into a batch of 3 with rows of other kinds,
     samplers, lengths and guidance, joining at different steps (a prefix row's latent too)."""
-    specs = edit_specs(tiny)
+    specs = mixed_specs(tiny)
     alone = [run_rows(tiny, [spec])[0] for spec in specs]
     batch = tiny.row_batch(3, max_steps=max(s.plan.steps for s in specs))
     mixed: dict[int, np.ndarray] = {}
@@ -198,6 +199,24 @@ def test_variations_split_one_chain_at_t(tiny) -> None:  # type: ignore[no-untyp
     assert torch.equal(shared_start(tiny, None, 5), z)
     varied = run_variations(tiny, t=100, seed=5, n=3, steps=10, label=2)
     assert len({v.tobytes() for v in varied}) == 3
+
+
+def test_an_edit_request_is_n_rows_seeded_like_generate(tiny) -> None:  # type: ignore[no-untyped-def]
+    """Without a mask SDEdit at strength 0.5 by default, with one RePaint from t = T; image i uses
+    seed + i, so it equals image 0 of seed + i."""
+    plain = edit_specs(tiny, image(1), None, n=3, seed=20, label=5, steps=4)
+    assert [s.seed for s in plain] == [20, 21, 22] and all(s.known is None for s in plain)
+    assert plain[0].plan.timesteps[0] == 49  # t = 0.5 * 100
+    masked = edit_specs(tiny, image(1), TOP, n=2, seed=20, steps=4, jumps=1, jump_length=2)
+    assert masked[0].known is not None and masked[0].plan.timesteps[0] == 99
+    assert (np.diff(masked[0].plan.timesteps.numpy()) > 0).any()  # the jumps are in the plan
+    images = [r.image for r in run_rows(tiny, plain)]
+    again = run_rows(tiny, edit_specs(tiny, image(1), None, n=1, seed=22, label=5, steps=4))[0].image
+    np.testing.assert_array_equal(images[2], again)
+    with pytest.raises(EditError, match="^jumps: .*need a mask"):
+        edit_specs(tiny, image(1), None, n=1, seed=0, jumps=2)
+    with pytest.raises(EditError, match="^n: "):
+        edit_specs(tiny, image(1), None, n=0, seed=0)
 
 
 def test_bad_edit_requests_name_their_field(tiny) -> None:  # type: ignore[no-untyped-def]
