@@ -52,6 +52,14 @@ class Known:
     mask: torch.Tensor
 
 
+@dataclass(eq=False)
+class LatentSink:
+    """Receives a row's final x ((C, H, W) float32 on the CPU) when it finishes, so that a caller
+    which only sees images (the server's engine) can continue a chain stopped part-way from it."""
+
+    latent: torch.Tensor | None = None
+
+
 @dataclass(frozen=True)
 class RowSpec:
     """What one image asks for."""
@@ -62,7 +70,7 @@ class RowSpec:
     guidance: float = 0.0  # classifier-free guidance weight w (Ho & Salimans 2022); 0 is off
     start: Start | None = None  # None: x_T drawn from the row's generator
     known: Known | None = None  # None: nothing is kept
-    keep_latent: bool = False  # hand back the final x (float) too: a chain stopped part-way continues from it
+    latent_out: LatentSink | None = None  # also hand back the final x (float), here and in ``Row.latent``
 
     def check(self, image_shape: tuple[int, int, int]) -> None:
         """Shapes and ranges of the start and known images, refused with the field named."""
@@ -87,7 +95,7 @@ class Row:
     step: int = 0  # steps done so far
     slot: int = -1  # position in the batch; -1 once the row has left
     image: np.ndarray | None = field(default=None, repr=False)  # (H, W, C) uint8 once finished
-    latent: torch.Tensor | None = field(default=None, repr=False)  # (C, H, W) float, with spec.keep_latent
+    latent: torch.Tensor | None = field(default=None, repr=False)  # (C, H, W) float, with spec.latent_out
 
     @property
     def steps(self) -> int:
@@ -311,8 +319,8 @@ class RowBatch:
             images = self._snapshot(self._x, finished)
             for row, image in zip(finished, images, strict=True):
                 row.image = image
-                if row.spec.keep_latent:
-                    row.latent = self._x[row.slot].float().cpu().clone()
+                if row.spec.latent_out is not None:
+                    row.latent = row.spec.latent_out.latent = self._x[row.slot].float().cpu().clone()
             for row in sorted(finished, key=lambda r: r.slot, reverse=True):
                 self.remove(row)
         return finished

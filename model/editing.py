@@ -31,7 +31,7 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 
-from .batch import Known, Row, RowSpec, Start
+from .batch import Known, LatentSink, Row, RowSpec, Start
 from .images import to_uint8
 from .pipeline import DiffusionModel
 from .samplers import DATA, SamplerPlan, plan_from_moves, select_timesteps
@@ -206,16 +206,18 @@ def variation_plans(
 def variation_prefix_spec(
     plan: SamplerPlan, *, seed: int, label: int | None = None, guidance: float = 0.0,
 ) -> RowSpec:
-    """The shared chain from x_T down to t; its row hands back ``latent``, the shared x_t."""
-    return RowSpec(plan=plan, seed=seed, label=label, guidance=guidance, keep_latent=True)
+    """The shared chain from x_T down to t; when its row finishes, ``spec.latent_out.latent`` (and
+    ``Row.latent``) hold the shared x_t."""
+    return RowSpec(plan=plan, seed=seed, label=label, guidance=guidance, latent_out=LatentSink())
 
 
-def shared_start(model: DiffusionModel, prefix: Row | None, seed: int) -> torch.Tensor:
-    """The shared x_t: the prefix row's final x, or (no prefix: t = T) the seed's x_T as a row draws it."""
+def shared_start(model: DiffusionModel, prefix: RowSpec | None, seed: int) -> torch.Tensor:
+    """The shared x_t: the finished prefix row's final x, or (no prefix: t = T) the seed's x_T as a
+    plain row draws it."""
     if prefix is not None:
-        if prefix.latent is None:
+        if prefix.latent_out is None or prefix.latent_out.latent is None:
             raise ValueError("the prefix row has not finished, or did not ask for its latent")
-        return prefix.latent
+        return prefix.latent_out.latent
     return torch.randn(model.image_shape, generator=torch.Generator().manual_seed(seed))
 
 
@@ -251,11 +253,14 @@ def run_variations(
     """Offline fig. 7: (n, H, W, C) uint8 continuations of the shared x_t of ``seed``; continuation
     i uses seed + 1 + i. At t = 0 every variation is the seed's own sample."""
     prefix_plan, cont = variation_plans(model, t=t, steps=steps, sampler=sampler, eta=eta)
-    prefix = run_rows(model, [variation_prefix_spec(prefix_plan, seed=seed, label=label, guidance=guidance)])[0] \
-        if prefix_plan is not None else None
-    if cont is None:
-        assert prefix is not None and prefix.image is not None
-        return np.repeat(prefix.image[None], n, axis=0)
+    prefix = None if prefix_plan is None else variation_prefix_spec(prefix_plan, seed=seed, label=label,
+                                                                    guidance=guidance)
+    if prefix is not None:
+        image = run_rows(model, [prefix])[0].image
+        if cont is None:  # t = 0: the whole chain is shared
+            assert image is not None
+            return np.repeat(image[None], n, axis=0)
+    assert cont is not None
     xt = shared_start(model, prefix, seed)
     seeds = [seed + 1 + i for i in range(n)]
     rows = run_rows(model, variation_specs(cont, xt, seeds, label=label, guidance=guidance))

@@ -94,7 +94,7 @@ def test_edit_rows_share_batches_with_plain_rows_byte_for_byte(tiny) -> None:  #
     assert max(sizes) == 3
     for i, row in enumerate(alone):
         np.testing.assert_array_equal(mixed[i], row.image, err_msg=f"row {i}")
-    prefix = next(i for i, s in enumerate(specs) if s.keep_latent)
+    prefix = next(i for i, s in enumerate(specs) if s.latent_out is not None)
     assert list(latents) == [prefix] and alone[prefix].latent is not None
     # The float latent agrees to rounding only: the network's float sums depend on the batch size
     # (matmul blocking), which the uint8 images above absorb.
