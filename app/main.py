@@ -9,15 +9,17 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import sys
 import threading
 from types import FrameType
 
 import uvicorn
+from pydantic import ValidationError
 
 from .api import create_app
 from .logs import configure_logging
 from .service import Service
-from .settings import Settings
+from .settings import Settings, settings_errors
 
 log = logging.getLogger("ddpm.main")
 
@@ -27,6 +29,12 @@ class DrainingServer(uvicorn.Server):
         super().__init__(config)
         self.service = service
         self._draining = False
+        self.exit_code = 0
+
+    def fail(self, reason: str) -> None:
+        """The model cannot serve after all (warm-up failed): exit 2 rather than linger unready."""
+        self.exit_code = 2
+        self.should_exit = True
 
     def handle_exit(self, sig: int, frame: FrameType | None) -> None:
         if self._draining:  # a second signal: stop now
@@ -48,9 +56,19 @@ class DrainingServer(uvicorn.Server):
 
 
 def serve(host: str | None = None, port: int | None = None, settings: Settings | None = None) -> int:
-    settings = settings or Settings()
+    """Run the server; 2 (after one line on stderr) when a setting or the model cannot serve."""
+    try:
+        settings = settings or Settings()
+    except ValidationError as exc:
+        for line in settings_errors(exc):
+            print(f"ddpm serve: error: {line}", file=sys.stderr)
+        return 2
     configure_logging(settings.log_format, settings.log_level)
-    app = create_app(settings)
+    try:
+        app = create_app(settings)
+    except ValueError as exc:  # CheckpointError, ConfigError, DeviceError: each names the file or setting
+        print(f"ddpm serve: error: {exc}", file=sys.stderr)
+        return 2
     config = uvicorn.Config(
         app,
         host=host or settings.host,
@@ -60,5 +78,6 @@ def serve(host: str | None = None, port: int | None = None, settings: Settings |
         timeout_keep_alive=75,  # longer than nginx's 60 s keepalive_timeout, so nginx closes first
     )
     server = DrainingServer(config, app.state.service)
+    app.state.service.on_fatal = server.fail
     asyncio.run(server.serve())
-    return 0
+    return server.exit_code
