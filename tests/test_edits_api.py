@@ -103,6 +103,10 @@ def test_interpolation_between_seeds_and_at_t0(client: httpx.Client, tiny) -> No
     blend = client.post("/v1/interpolations", json={"a": {"image": b64(a)}, "b": {"image": b64(b)}, "t": 0,
                                                     "frames": 3, "response_format": "base64"})
     mid = images_of(blend.json())[1].astype(float)
+    with client.stream("POST", "/v1/interpolations/stream", json={"a": {"image": b64(a)}, "b": {"image": b64(b)},
+                                                                  "t": 0, "frames": 3}) as s:
+        text = "".join(s.iter_text())
+    assert text.startswith("event: done") and images_of(json.loads(text.split("data: ", 1)[1])).shape[0] == 3
     assert np.abs(mid - (a.astype(float) + b.astype(float)) / 2).max() <= 0.5
 
 

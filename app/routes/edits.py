@@ -45,6 +45,7 @@ from ..edit_requests import (
 )
 from ..errors import InvalidRequest
 from ..generation import Resolved, Submission, resolve
+from ..http import sse
 from ..schemas import ERROR_RESPONSES, GenerateResponse, ImageOut, Timings
 from ..service import Service
 from .generate import b64png, outcome, stream_events
@@ -193,10 +194,10 @@ async def respond(service: Service, request: Request, body: Common) -> Response:
 async def respond_stream(service: Service, request: Request, body: Common) -> StreamingResponse:
     """The same events as /generate/stream, for the last phase (a first phase runs before the stream)."""
     built = await build(service, request, body)
-    if not built.specs:  # nothing to run: an interpolation at t = 0
-        raise InvalidRequest("t", "t = 0 has nothing to stream; use the plain endpoint")
+    if not built.specs:  # nothing to run (an interpolation at t = 0): the answer is the whole stream
+        done = await run_in_threadpool(json_body, service, request, built.resolved, built.ready, None)
+        return StreamingResponse(iter([sse("done", done)]), media_type="text/event-stream")
     submission = submit_rows(service, request, built.resolved, built.specs, progress=True)
-    submission.generation.preview_every = built.resolved.preview_every
     headers = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no", **submission.seed_headers()}
     return StreamingResponse(stream_events(service, submission, request), media_type="text/event-stream",
                              headers=headers)
