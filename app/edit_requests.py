@@ -8,8 +8,9 @@ guidance, the plan's length with jumps) are checked against the runtime plan and
 
 from __future__ import annotations
 
-from typing import Annotated, Any, Literal
+from typing import Annotated
 
+import torch
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from model.image_input import ImageLimits, decode_base64, mask_tensor, read_image_and_mask, to_model_range
@@ -17,6 +18,7 @@ from model.modes import SamplerName
 
 from .errors import InvalidRequest, ServingError
 from .generation import MAX_SEED, GenerationParams
+from .schemas import JsonInt, ResponseFormat
 from .service import Service
 
 
@@ -24,7 +26,8 @@ class UploadTooLarge(ServingError):
     """An uploaded image over a size limit (bytes, or pixels before decoding): HTTP 413."""
 
 
-ResponseFormat = Literal["png", "base64"]
+# Numbers are JSON numbers, as in /generate's body (app.schemas): "4" and true are refused.
+JSON_NUMBER = JsonInt.__metadata__[0]  # type: ignore[attr-defined]  # the BeforeValidator of JsonInt
 MAX_JUMPS = 50  # RePaint's own experiments use 10 (the row count is also bounded by max_steps)
 MAX_FRAMES = 64
 
@@ -34,15 +37,15 @@ class Common(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    seed: Annotated[int, Field(ge=0, le=MAX_SEED)] | None = None
-    label: Annotated[int, Field(ge=0)] | None = None
-    guidance: Annotated[float, Field(ge=0, allow_inf_nan=False)] | None = None
-    steps: Annotated[int, Field(ge=1)] | None = None
+    seed: Annotated[int, Field(ge=0, le=MAX_SEED), JSON_NUMBER] | None = None
+    label: Annotated[int, Field(ge=0), JSON_NUMBER] | None = None
+    guidance: Annotated[float, Field(ge=0, allow_inf_nan=False), JSON_NUMBER] | None = None
+    steps: Annotated[int, Field(ge=1), JSON_NUMBER] | None = None
     sampler: SamplerName | None = None
-    eta: Annotated[float, Field(ge=0, le=1)] | None = None
+    eta: Annotated[float, Field(ge=0, le=1), JSON_NUMBER] | None = None
     response_format: ResponseFormat = "png"
-    timeout_s: Annotated[float, Field(ge=1.0, allow_inf_nan=False)] | None = None
-    preview_every: Annotated[int, Field(ge=0)] = 0
+    timeout_s: Annotated[float, Field(ge=1.0, allow_inf_nan=False), JSON_NUMBER] | None = None
+    preview_every: Annotated[int, Field(ge=0), JSON_NUMBER] = 0
 
     def params(self, n: int) -> GenerationParams:
         return GenerationParams(n=n, seed=self.seed, steps=self.steps, sampler=self.sampler, eta=self.eta,
@@ -55,11 +58,11 @@ class EditBody(Common):
 
     image: str = Field(description="base64 PNG or JPEG (a data: URL is accepted)")
     mask: str | None = Field(None, description="base64 PNG, the image's size; white = regenerate")
-    strength: Annotated[float, Field(gt=0, le=1)] | None = Field(
+    strength: Annotated[float, Field(gt=0, le=1), JSON_NUMBER] | None = Field(
         None, description="start at t = strength x T; null: 0.5 without a mask, 1 with one")
-    n: Annotated[int, Field(ge=1)] = 1
-    jumps: Annotated[int, Field(ge=0, le=MAX_JUMPS)] = Field(0, description="RePaint's resampling; 0: off")
-    jump_length: Annotated[int, Field(ge=1, le=1000)] = 10
+    n: Annotated[int, Field(ge=1), JSON_NUMBER] = 1
+    jumps: Annotated[int, Field(ge=0, le=MAX_JUMPS), JSON_NUMBER] = Field(0, description="RePaint's resampling; 0: off")
+    jump_length: Annotated[int, Field(ge=1, le=1000), JSON_NUMBER] = 10
     resize: bool = Field(False, description="scale (and convert) the image to the model's size and mode")
 
 
@@ -69,7 +72,7 @@ class End(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     image: str | None = None
-    seed: Annotated[int, Field(ge=0, le=MAX_SEED)] | None = None
+    seed: Annotated[int, Field(ge=0, le=MAX_SEED), JSON_NUMBER] | None = None
 
     @model_validator(mode="after")
     def one_of(self) -> End:
@@ -83,16 +86,17 @@ class InterpolationBody(Common):
 
     a: End
     b: End
-    t: Annotated[int, Field(ge=0)] | None = Field(None, description="encode to step t; null: T/2; 0: the blend")
-    frames: Annotated[int, Field(ge=2, le=MAX_FRAMES)] = 11
+    t: Annotated[int, Field(ge=0), JSON_NUMBER] | None = Field(
+        None, description="encode to step t; null: T/2; 0: the blend")
+    frames: Annotated[int, Field(ge=2, le=MAX_FRAMES), JSON_NUMBER] = 11
     resize: bool = False
 
 
 class VariationBody(Common):
     """``POST /v1/variations``: fig. 7, continuations of one shared x_t."""
 
-    t: Annotated[int, Field(ge=0)] | None = Field(None, description="share x_t; null: T/2")
-    n: Annotated[int, Field(ge=1)] = 4
+    t: Annotated[int, Field(ge=0), JSON_NUMBER] | None = Field(None, description="share x_t; null: T/2")
+    n: Annotated[int, Field(ge=1), JSON_NUMBER] = 4
     sampler: SamplerName | None = Field("ddpm", description="must draw noise: ddpm, or ddim with eta > 0")
 
 
@@ -116,10 +120,10 @@ def check_bounds(service: Service, body: Common, n: int, field_n: str = "n") -> 
 
 
 def limits(service: Service) -> ImageLimits:
-    return ImageLimits(max_bytes=min(ImageLimits.max_bytes, service.settings.max_body_bytes))
+    return ImageLimits(max_bytes=min(ImageLimits().max_bytes, service.settings.max_body_bytes))
 
 
-def decode_edit_inputs(service: Service, body: EditBody) -> tuple[Any, Any]:
+def decode_edit_inputs(service: Service, body: EditBody) -> tuple[torch.Tensor, torch.Tensor | None]:
     """(image, mask or None) as the tensors model.editing takes; runs off the event loop."""
     lim = limits(service)
     image = decode_base64(body.image, "image", lim)
@@ -128,7 +132,7 @@ def decode_edit_inputs(service: Service, body: EditBody) -> tuple[Any, Any]:
     return to_model_range(pixels), None if m is None else mask_tensor(m)
 
 
-def decode_end(service: Service, end: End, field: str, resize: bool) -> Any:
+def decode_end(service: Service, end: End, field: str, resize: bool) -> torch.Tensor:
     assert end.image is not None
     lim = limits(service)
     data = decode_base64(end.image, f"{field}.image", lim)

@@ -169,6 +169,8 @@ def test_edit_rows_and_plain_rows_share_engine_iterations(tiny_checkpoint: Path,
     ({"image": b64(SOURCE), "mask": b64(SOURCE), "jumps": 50, "jump_length": 1, "steps": 100}, 422, "jumps"),
     ({"image": b64(SOURCE), "n": 7}, 422, "n"),
     ({"image": b64(SOURCE), "label": 10}, 422, "label"),
+    ({"image": b64(SOURCE), "n": "2"}, 422, "n"),  # a JSON number, as /generate's body
+    ({"image": b64(SOURCE), "mode": "x"}, 422, "mode"),
 ])
 def test_bad_edits_name_the_field(client: httpx.Client, body: dict, status: int, field: str) -> None:
     r = client.post("/v1/edits", json=body)
