@@ -15,6 +15,7 @@ from starlette.concurrency import run_in_threadpool
 
 from model import DiffusionModel
 
+from .docs_assets import install_offline_docs
 from .errors import ServingError
 from .http import ApiKeyAuth, RequestContext
 from .http_errors import serving_error_handler, validation_error_handler
@@ -67,5 +68,6 @@ def create_app(settings: Settings | None = None, *, model: DiffusionModel | None
         return FileResponse(STATIC / "index.html")
 
     app.add_api_route("/", index, methods=["GET", "HEAD"], include_in_schema=False)
+    install_offline_docs(app)  # /docs and /redoc from installed assets: they render with no internet
 
     return app

@@ -74,6 +74,17 @@ class Settings(BaseSettings):
     def keys(self) -> frozenset[str]:
         return frozenset(k.strip() for k in self.api_keys.split(",") if k.strip())
 
+    # ---- Connections (app/edge.py): what a server facing clients with no proxy in front needs ----
+    header_timeout_s: float = Field(10.0, gt=0, description="a connection must send a request's complete "
+                                    "headers within this, counted from accept or from the request's first byte")
+    keep_alive_timeout_s: int = Field(75, ge=1, description="an idle keep-alive connection is closed after "
+                                      "this; above nginx's 60 s keepalive_timeout, so nginx closes first")
+    body_grace_s: float = Field(5.0, ge=0, description="time a request body may take before "
+                                "min_body_bytes_per_s applies")
+    min_body_bytes_per_s: int = Field(1024, ge=1, description="after body_grace_s a body must keep arriving "
+                                      "at least this fast, else 408 and the connection is closed")
+    max_connections: int = Field(1000, ge=1, description="open connections at once; the excess gets 503 "
+                                 "with Connection: close")
 
 def settings_errors(exc: ValidationError) -> list[str]:
     """One line per invalid setting, named as the operator wrote it: ``DDPM_DTYPE: ...``."""

@@ -65,7 +65,7 @@ def test_install_is_idempotent_and_keeps_the_api(tiny_checkpoint: Path) -> None:
     install_offline_docs(app)
     after = [r.path for r in app.router.routes if isinstance(r, Route)]
     assert sorted(after) == before  # the same pages, replaced, none doubled
-    assert [r.path for r in app.router.routes].count(ASSETS_URL) == 1
+    assert [getattr(r, "path", None) for r in app.router.routes].count(ASSETS_URL) == 1
     schema = TestClient(app).get("/openapi.json").json()
     assert "/generate" in schema["paths"] and not any(p.startswith(ASSETS_URL) for p in schema["paths"])
 
@@ -84,3 +84,14 @@ def test_an_app_without_docs_gets_none() -> None:
     install_offline_docs(app)
     client = TestClient(app)
     assert client.get("/docs").status_code == 404 and client.get("/redoc").status_code == 404
+
+
+def test_the_servers_own_docs_load_nothing_from_outside(tiny_checkpoint: Path) -> None:
+    from fastapi.testclient import TestClient
+
+    from app import Settings, create_app
+
+    with TestClient(create_app(Settings(checkpoint=tiny_checkpoint))) as client:
+        for path in ("/docs", "/redoc"):
+            page = client.get(path)
+            assert page.status_code == 200 and "https://" not in page.text, path
