@@ -10,7 +10,7 @@ through a ``LatentSink``), and an interpolation between seeds first draws the tw
 (No ``from __future__ import annotations``: FastAPI must see the body models as real types.)
 """
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import numpy as np
@@ -86,9 +86,8 @@ def submit_rows(service: Service, request: Request, resolved: Resolved, specs: l
 
 
 def with_seeds(resolved: Resolved, seeds: list[int]) -> Resolved:
-    return Resolved(seeds=tuple(seeds), steps=resolved.steps, sampler=resolved.sampler, eta=resolved.eta,
-                    label=resolved.label, guidance=resolved.guidance, timeout_s=resolved.timeout_s,
-                    preview_every=resolved.preview_every)
+    """The seeds a phase reports (frames share one; continuations have their own)."""
+    return replace(resolved, seeds=tuple(seeds))
 
 
 async def build(service: Service, request: Request, body: Common) -> Built:
