@@ -10,6 +10,7 @@ through a ``LatentSink``), and an interpolation between seeds first draws the tw
 (No ``from __future__ import annotations``: FastAPI must see the body models as real types.)
 """
 
+import time
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -91,14 +92,20 @@ def with_seeds(resolved: Resolved, seeds: list[int]) -> Resolved:
 
 
 async def build(service: Service, request: Request, body: Common) -> Built:
-    """model/'s refusals become the HTTP layer's domain errors here (statuses in app.http_errors)."""
+    """model/'s refusals become the HTTP layer's domain errors here (statuses in app.http_errors).
+    A first phase spends part of the request's deadline; the rows get what is left of it."""
+    start = time.monotonic()
     try:
         if isinstance(body, EditBody):
-            return await build_edit(service, body)
-        if isinstance(body, InterpolationBody):
-            return await build_interpolation(service, request, body)
-        assert isinstance(body, VariationBody)
-        return await build_variations(service, request, body)
+            built = await build_edit(service, body)
+        elif isinstance(body, InterpolationBody):
+            built = await build_interpolation(service, request, body)
+        else:
+            assert isinstance(body, VariationBody)
+            built = await build_variations(service, request, body)
+        left = built.resolved.timeout_s - (time.monotonic() - start)
+        built.resolved = replace(built.resolved, timeout_s=max(left, 0.001))
+        return built
     except ImageInputError as exc:
         raise UploadTooLarge(str(exc)) if exc.too_large else InvalidRequest(exc.field, _reason(exc)) from exc
     except EditError as exc:
