@@ -10,6 +10,15 @@ offline sampler (``DiffusionModel.sample``) and the server's engine both run on 
 Reproducibility: a row's randomness comes only from its own CPU generator, seeded by its seed:
 first x_T, then blocks of ``noise_block`` steps' noise. So an image depends on (model, seed,
 plan, label, guidance) and never on which other rows share its batch, nor on the device.
+
+Editing (``model.editing`` builds these rows): a row may ``start`` from a given image instead of
+pure noise, at its plan's first timestep t0, either an x0 that the row encodes by
+q(x_t0 | x_0) (eq. 4) with its first draw as the noise (SDEdit, interpolation), or an x_t0 as
+it is (variations continue a shared x_t). A row may also carry a ``known`` image and a mask
+(1 = regenerate): after every move t -> s the kept pixels are replaced by the known image
+noised to s, x_s = m * x_s + (1 - m) * q_sample(x0_known, s), with that noise drawn from the
+row's own generator after its step noise (RePaint, Lugmayr et al. 2022, sec. 4.1). The last move
+lands on the data, where q_sample is the known image itself: kept pixels come back exactly.
 """
 
 from __future__ import annotations
@@ -22,9 +31,33 @@ import numpy as np
 import torch
 
 from .images import to_uint8
-from .samplers import NUM_COEFS, SamplerPlan, update
+from .samplers import NUM_COEFS, SQRT_1M_AB, SQRT_AB, TO_SQRT_1M_AB, TO_SQRT_AB, SamplerPlan, update
 
 DenoiseFn = Callable[[torch.Tensor, torch.Tensor, "torch.Tensor | None"], torch.Tensor]
+
+
+@dataclass(frozen=True, eq=False)
+class Start:
+    """The image a row's chain starts from, at its plan's first timestep t0, in the model's range."""
+
+    image: torch.Tensor  # (C, H, W) float
+    encode: bool = True  # True: ``image`` is x0, noised to t0 with the row's first draw; False: it is x_t0
+
+
+@dataclass(frozen=True, eq=False)
+class Known:
+    """RePaint's known image (x0, (C, H, W)) and mask ((1 or C, H, W) in [0, 1], 1 = regenerate)."""
+
+    image: torch.Tensor
+    mask: torch.Tensor
+
+
+@dataclass(eq=False)
+class LatentSink:
+    """Receives a row's final x ((C, H, W) float32 on the CPU) when it finishes, so that a caller
+    which only sees images (the server's engine) can continue a chain stopped part-way from it."""
+
+    latent: torch.Tensor | None = None
 
 
 @dataclass(frozen=True)
@@ -35,6 +68,22 @@ class RowSpec:
     seed: int
     label: int | None = None  # None: unconditional (the null label of a conditional model)
     guidance: float = 0.0  # classifier-free guidance weight w (Ho & Salimans 2022); 0 is off
+    start: Start | None = None  # None: x_T drawn from the row's generator
+    known: Known | None = None  # None: nothing is kept
+    latent_out: LatentSink | None = None  # also hand back the final x (float), here and in ``Row.latent``
+
+    def check(self, image_shape: tuple[int, int, int]) -> None:
+        """Shapes and ranges of the start and known images, refused with the field named."""
+        if self.start is not None and tuple(self.start.image.shape) != image_shape:
+            raise ValueError(f"start.image has shape {tuple(self.start.image.shape)}, the model's is {image_shape}")
+        if self.known is not None:
+            k = self.known
+            if tuple(k.image.shape) != image_shape:
+                raise ValueError(f"known.image has shape {tuple(k.image.shape)}, the model's is {image_shape}")
+            if k.mask.ndim != 3 or k.mask.shape[0] not in (1, image_shape[0]) or k.mask.shape[1:] != k.image.shape[1:]:
+                raise ValueError(f"known.mask has shape {tuple(k.mask.shape)}; it must be (1 or C, H, W) of the image")
+            if not bool(((k.mask >= 0) & (k.mask <= 1)).all()):
+                raise ValueError("known.mask values must be in [0, 1]")
 
 
 @dataclass(eq=False)
@@ -46,6 +95,7 @@ class Row:
     step: int = 0  # steps done so far
     slot: int = -1  # position in the batch; -1 once the row has left
     image: np.ndarray | None = field(default=None, repr=False)  # (H, W, C) uint8 once finished
+    latent: torch.Tensor | None = field(default=None, repr=False)  # (C, H, W) float, with spec.latent_out
 
     @property
     def steps(self) -> int:
@@ -98,6 +148,12 @@ class RowBatch:
         self._guidance = torch.zeros(capacity)
         self._stochastic = torch.zeros(capacity, dtype=torch.bool)
         self._has_label = torch.zeros(capacity, dtype=torch.bool)
+        self._masked = torch.zeros(capacity, dtype=torch.bool)
+        # RePaint's buffers (known image, mask, the known part's noise) exist once a masked row
+        # has joined, so plain batches pay nothing for them.
+        self._known: torch.Tensor | None = None
+        self._mask: torch.Tensor | None = None
+        self._known_noise: torch.Tensor | None = None
         self._slot_base = torch.arange(capacity, dtype=torch.long) * max_steps
         # Finished images leave as uint8 through one reused page-locked buffer, so the copy from
         # the GPU is a single DMA rather than a pageable copy through a bounce buffer.
@@ -121,13 +177,19 @@ class RowBatch:
             raise ValueError(f"plan has {plan.steps} steps; this batch holds at most {self.max_steps}")
         if spec.label is not None and self.null_label is None:
             raise ValueError("label given for an unconditional model")
+        spec.check(self.image_shape)
         slot = len(self.rows)
         row = Row(spec=spec, tag=tag, slot=slot)
         gen = torch.Generator().manual_seed(spec.seed)
         self.rows.append(row)
         self._generators.append(gen)
-        self._x[slot] = torch.randn(self.image_shape, generator=gen).to(self.device)
+        self._x[slot] = self._initial_x(spec, gen).to(self.device)
         self._x0[slot].zero_()
+        self._masked[slot] = spec.known is not None
+        if spec.known is not None:
+            known, mask = self._known_buffers()
+            known[slot] = spec.known.image.to(self.device, torch.float32)
+            mask[slot] = spec.known.mask.to(self.device, torch.float32).expand(self.image_shape)
         self._coefs[slot, : plan.steps] = plan.coefs.to(self.device)
         self._timesteps[slot, : plan.steps] = plan.timesteps.to(self.device)
         label = spec.label if spec.label is not None else self.null_label
@@ -138,6 +200,25 @@ class RowBatch:
         self._stochastic[slot] = plan.stochastic
         return row
 
+    def _initial_x(self, spec: RowSpec, gen: torch.Generator) -> torch.Tensor:
+        """x at the plan's first timestep t0: drawn noise, or the start image (encoded by eq. 4)."""
+        start = spec.start
+        if start is not None and not start.encode:
+            return start.image.float().clone()
+        z = torch.randn(self.image_shape, generator=gen)
+        if start is None:
+            return z
+        first = spec.plan.coefs[0]
+        return first[SQRT_AB] * start.image.float().cpu() + first[SQRT_1M_AB] * z
+
+    def _known_buffers(self) -> tuple[torch.Tensor, torch.Tensor]:
+        if self._known is None or self._mask is None:
+            shape = (self.capacity, *self.image_shape)
+            self._known = torch.zeros(shape, device=self.device)
+            self._mask = torch.ones(shape, device=self.device)
+            self._known_noise = torch.zeros_like(self._noise)
+        return self._known, self._mask
+
     @torch.inference_mode()
     def remove(self, row: Row) -> None:
         """Take a row out (cancelled, expired, or finished); its slot is refilled by the last row."""
@@ -147,8 +228,10 @@ class RowBatch:
         if slot != last:
             moved = self.rows[last]
             for buf in (self._x, self._x0, self._noise, self._coefs, self._timesteps, self._labels,
-                        self._step, self._guidance, self._stochastic, self._has_label):
-                buf[slot] = buf[last]
+                        self._step, self._guidance, self._stochastic, self._has_label, self._masked,
+                        self._known, self._mask, self._known_noise):
+                if buf is not None:
+                    buf[slot] = buf[last]
             self.rows[slot] = moved
             self._generators[slot] = self._generators[last]
             moved.slot = slot
@@ -157,13 +240,35 @@ class RowBatch:
         row.slot = -1
 
     def _refill_noise(self, n: int) -> None:
-        """Rows at the start of a noise block draw the next ``noise_block`` steps from their generator."""
-        due = (self._stochastic[:n] & (self._step[:n] % self.noise_block == 0)).nonzero().flatten().tolist()
+        """Rows at the start of a noise block draw the next ``noise_block`` steps from their generator:
+        the step noise if their plan draws any, then the known part's noise if they carry a mask."""
+        drawing = self._stochastic[:n] | self._masked[:n]
+        due = (drawing & (self._step[:n] % self.noise_block == 0)).nonzero().flatten().tolist()
         if not due:
             return
         shape = (self.noise_block, *self.image_shape)
-        blocks = torch.stack([torch.randn(shape, generator=self._generators[i]) for i in due])
-        self._noise[due] = blocks.to(self.device, non_blocking=True)
+        steps, known = [], []
+        for i in due:
+            gen = self._generators[i]
+            if self._stochastic[i]:
+                steps.append((i, torch.randn(shape, generator=gen)))
+            if self._masked[i]:
+                known.append((i, torch.randn(shape, generator=gen)))
+        for buf, draws in ((self._noise, steps), (self._known_noise, known)):
+            if draws and buf is not None:
+                buf[[i for i, _ in draws]] = torch.stack([d for _, d in draws]).to(self.device, non_blocking=True)
+
+    def _replace_known(self, x: torch.Tensor, x0: torch.Tensor, coefs: torch.Tensor, k: torch.Tensor) -> None:
+        """RePaint's step (Lugmayr et al. 2022, sec. 4.1) for the masked rows, in place:
+        x_s = m * x_s + (1 - m) * (sqrt(abar_s) x0_known + sqrt(1 - abar_s) z), and x0 likewise."""
+        assert self._known is not None and self._mask is not None and self._known_noise is not None
+        rows = self._masked[: len(x)].nonzero().flatten().to(self.device)
+        col = coefs.index_select(0, rows)[:, :, None, None, None]
+        known, mask = self._known.index_select(0, rows), self._mask.index_select(0, rows)
+        z = self._known_noise[rows, k.index_select(0, rows)]
+        noised = col[:, TO_SQRT_AB] * known + col[:, TO_SQRT_1M_AB] * z
+        x[rows] = mask * x.index_select(0, rows) + (1.0 - mask) * noised
+        x0[rows] = mask * x0.index_select(0, rows) + (1.0 - mask) * known
 
     def _model_output(self, x: torch.Tensor, t: torch.Tensor, n: int) -> torch.Tensor:
         """One network call for all rows; guided rows add an unconditional copy to the same call."""
@@ -194,12 +299,16 @@ class RowBatch:
         x = self._x[:n]
         output = self._model_output(x, t, n)
         noise = None
-        if bool(self._stochastic[:n].any()):
+        stochastic, masked = bool(self._stochastic[:n].any()), bool(self._masked[:n].any())
+        if stochastic or masked:
             self._refill_noise(n)
             k = (self._step[:n] % self.noise_block).to(self.device, non_blocking=True)
+        if stochastic:
             # Rows that never draw noise have sigma = 0, so whatever their slot holds is ignored.
             noise = self._noise[:n][torch.arange(n, device=self.device), k]
         x_next, x0 = update(self.prediction, output, x, self._x0[:n], coefs, noise, self.clip)
+        if masked:
+            self._replace_known(x_next, x0, coefs, k)
         self._x[:n] = x_next
         self._x0[:n] = x0
         self._step[:n] += 1
@@ -210,6 +319,8 @@ class RowBatch:
             images = self._snapshot(self._x, finished)
             for row, image in zip(finished, images, strict=True):
                 row.image = image
+                if row.spec.latent_out is not None:
+                    row.latent = row.spec.latent_out.latent = self._x[row.slot].float().cpu().clone()
             for row in sorted(finished, key=lambda r: r.slot, reverse=True):
                 self.remove(row)
         return finished

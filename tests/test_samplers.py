@@ -1,5 +1,7 @@
 """The samplers against diffusers' schedulers, step by step and over whole runs."""
 
+from typing import get_args
+
 import numpy as np
 import pytest
 import torch
@@ -7,7 +9,21 @@ from diffusers import DDIMScheduler, DDPMScheduler, DPMSolverMultistepScheduler
 from diffusers.schedulers import scheduling_ddpm
 
 from model import NoiseSchedule, build_plan, make_betas, select_timesteps
-from model.samplers import SIGMA, update
+from model.modes import SamplerName
+from model.samplers import (
+    COEF_EPS,
+    COEF_X0,
+    COEF_X0_PREV,
+    COEF_XT,
+    DATA,
+    SIGMA,
+    TO_SQRT_1M_AB,
+    TO_SQRT_AB,
+    plan_from_moves,
+    sampler_descriptions,
+    sampler_names,
+    update,
+)
 
 SCHED = NoiseSchedule(make_betas("linear", 1000))
 SHAPE = (3, 3, 8, 8)
@@ -109,7 +125,7 @@ def test_plans_end_at_the_data() -> None:
     """Every sampler's last step returns the clipped x0 prediction itself, without noise."""
     for sampler in ("ddpm", "ddim", "dpmpp_2m"):
         plan = build_plan(SCHED, sampler, 10, eta=1.0)
-        a, b, c, d, sigma = plan.coefs[-1, 2:].tolist()
+        a, b, c, d, sigma = plan.coefs[-1, COEF_X0 : SIGMA + 1].tolist()
         assert (a, b, c, d, sigma) == pytest.approx((1.0, 0.0, 0.0, 0.0, 0.0), abs=1e-6), sampler
     assert build_plan(SCHED, "ddpm", 10).stochastic
     assert not build_plan(SCHED, "ddim", 10, eta=0.0).stochastic
@@ -125,3 +141,56 @@ def test_bad_sampler_arguments() -> None:
         build_plan(SCHED, "ddim", 10, eta=1.5)
     with pytest.raises(ValueError, match="variance="):
         build_plan(SCHED, "ddpm", 10, variance="learned")
+
+
+def test_the_registry_is_the_literal_of_sampler_names() -> None:
+    """The Literal that mypy checks and the registry that build_plan dispatches through agree."""
+    assert sampler_names() == get_args(SamplerName)
+    descriptions = sampler_descriptions()
+    assert list(descriptions) == list(sampler_names())
+    assert all(len(d) > 20 and "\n" not in d for d in descriptions.values())
+
+
+@pytest.mark.parametrize("sampler", ["ddpm", "ddim", "dpmpp_2m"])
+def test_a_chain_stopped_part_way_lands_on_its_end(sampler: str) -> None:
+    """A plan that ends at a timestep (the shared prefix of variations) is the full plan's first
+    rows, except that its last move lands there rather than on the data."""
+    full = build_plan(SCHED, sampler, 10, eta=1.0)
+    ts = full.timesteps.numpy()
+    prefix = build_plan(SCHED, sampler, 4, eta=1.0, timesteps=ts[:4], end=int(ts[4]))
+    torch.testing.assert_close(prefix.coefs, full.coefs[:4])
+    assert prefix.targets.tolist() == ts[1:5].tolist() and full.targets[-1] == DATA
+    ab = SCHED.f64.alphas_cumprod[ts[4]]
+    assert prefix.coefs[-1, TO_SQRT_AB].item() == pytest.approx(np.sqrt(ab))
+    # stopping part-way keeps the step's noise (the last move to the data has none)
+    assert bool(prefix.coefs[-1, SIGMA] > 0) == (sampler != "dpmpp_2m")
+    assert full.coefs[-1, TO_SQRT_AB] == 1.0 and full.coefs[-1, TO_SQRT_1M_AB] == 0.0
+    with pytest.raises(ValueError, match="end="):
+        build_plan(SCHED, sampler, 4, timesteps=ts[:4], end=int(ts[3]))
+
+
+def test_upward_moves_are_forward_jumps_of_the_diffusion() -> None:
+    """A move t -> s > t is q(x_s | x_t): x_s = sqrt(abar_s / abar_t) x_t + sqrt(1 - abar_s / abar_t) z,
+    whatever the network says; the sampler restarts after it (first order for the solver)."""
+    moves = np.array([[500, 400], [400, 300], [300, 450], [450, 400], [400, 300], [300, DATA]])
+    plan = plan_from_moves(SCHED, "dpmpp_2m", moves)
+    ac = SCHED.f64.alphas_cumprod
+    jump = plan.coefs[2]
+    assert jump[COEF_XT].item() == pytest.approx(np.sqrt(ac[450] / ac[300]), rel=1e-6)
+    assert jump[SIGMA].item() == pytest.approx(np.sqrt(1 - ac[450] / ac[300]), rel=1e-6)
+    assert jump[COEF_X0].item() == jump[COEF_EPS].item() == jump[COEF_X0_PREV].item() == 0.0
+    # the run after the jump is the solver's own table for those moves, restarting at first order
+    again = plan_from_moves(SCHED, "dpmpp_2m", moves[3:])
+    torch.testing.assert_close(plan.coefs[3:], again.coefs)
+    assert plan.coefs[3, COEF_X0_PREV] == 0.0 and plan.coefs[4, COEF_X0_PREV] != 0.0
+    assert plan.stochastic  # the jump draws noise even though the solver does not
+    # Applied: the network output is ignored, x_t is scaled and noised.
+    x, z = torch.randn(SHAPE), torch.randn(SHAPE)
+    got, _ = _ours(plan, 2, torch.randn(SHAPE) * 1e3, x, torch.randn(SHAPE), z)
+    torch.testing.assert_close(got, jump[COEF_XT] * x + jump[SIGMA] * z)
+
+
+def test_moves_must_chain() -> None:
+    for bad in ([[500, 400], [300, 200]], [[500, 500]], [[500, DATA], [400, DATA]], [[1000, DATA]], [[5, -2]]):
+        with pytest.raises(ValueError, match="move|timesteps|moves"):
+            plan_from_moves(SCHED, "ddpm", np.array(bad))

@@ -1,0 +1,141 @@
+"""The editing API's bodies (issue 16) and how each becomes rows; no routes here (``app.routes.edits``).
+
+Bounds that do not depend on the server are in the schema; those that do (n, steps, label,
+guidance, the plan's length with jumps) are checked against the runtime plan and refused as
+``InvalidRequest`` naming the field, the same 422 as a schema error. Upload problems are
+``model.image_input.ImageInputError`` (413 when too large, else 422), mapped in ``http_errors``.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import torch
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from model.image_input import ImageLimits, decode_base64, mask_tensor, read_image_and_mask, to_model_range
+from model.modes import SamplerName
+
+from .errors import InvalidRequest, ServingError
+from .generation import MAX_SEED, GenerationParams
+from .schemas import JsonInt, ResponseFormat
+from .service import Service
+
+
+class UploadTooLarge(ServingError):
+    """An uploaded image over a size limit (bytes, or pixels before decoding): HTTP 413."""
+
+
+# Numbers are JSON numbers, as in /generate's body (app.schemas): "4" and true are refused.
+JSON_NUMBER = JsonInt.__metadata__[0]  # type: ignore[attr-defined]  # the BeforeValidator of JsonInt
+MAX_JUMPS = 50  # RePaint's own experiments use 10 (the row count is also bounded by max_steps)
+MAX_FRAMES = 64
+
+
+class Common(BaseModel):
+    """The fields every editing request shares with /generate."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    seed: Annotated[int, Field(ge=0, le=MAX_SEED), JSON_NUMBER] | None = None
+    label: Annotated[int, Field(ge=0), JSON_NUMBER] | None = None
+    guidance: Annotated[float, Field(ge=0, allow_inf_nan=False), JSON_NUMBER] | None = None
+    steps: Annotated[int, Field(ge=1), JSON_NUMBER] | None = None
+    sampler: SamplerName | None = None
+    eta: Annotated[float, Field(ge=0, le=1), JSON_NUMBER] | None = None
+    response_format: ResponseFormat = "png"
+    timeout_s: Annotated[float, Field(ge=1.0, allow_inf_nan=False), JSON_NUMBER] | None = None
+    preview_every: Annotated[int, Field(ge=0), JSON_NUMBER] = 0
+
+    def params(self, n: int) -> GenerationParams:
+        return GenerationParams(n=n, seed=self.seed, steps=self.steps, sampler=self.sampler, eta=self.eta,
+                                label=self.label, guidance=self.guidance, timeout_s=self.timeout_s,
+                                preview_every=self.preview_every)
+
+
+class EditBody(Common):
+    """``POST /v1/edits``: without a mask SDEdit, with one RePaint (white = regenerate)."""
+
+    image: str = Field(description="base64 PNG or JPEG (a data: URL is accepted)")
+    mask: str | None = Field(None, description="base64 PNG, the image's size; white = regenerate")
+    strength: Annotated[float, Field(gt=0, le=1), JSON_NUMBER] | None = Field(
+        None, description="start at t = strength x T; null: 0.5 without a mask, 1 with one")
+    n: Annotated[int, Field(ge=1), JSON_NUMBER] = 1
+    jumps: Annotated[int, Field(ge=0, le=MAX_JUMPS), JSON_NUMBER] = Field(0, description="RePaint's resampling; 0: off")
+    jump_length: Annotated[int, Field(ge=1, le=1000), JSON_NUMBER] = 10
+    resize: bool = Field(False, description="scale (and convert) the image to the model's size and mode")
+
+
+class End(BaseModel):
+    """One end of an interpolation: an uploaded image, or a sample drawn with this seed first."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    image: str | None = None
+    seed: Annotated[int, Field(ge=0, le=MAX_SEED), JSON_NUMBER] | None = None
+
+    @model_validator(mode="after")
+    def one_of(self) -> End:
+        if (self.image is None) == (self.seed is None):
+            raise ValueError("give exactly one of image and seed")
+        return self
+
+
+class InterpolationBody(Common):
+    """``POST /v1/interpolations``: sec. 4.3, fig. 8."""
+
+    a: End
+    b: End
+    t: Annotated[int, Field(ge=0), JSON_NUMBER] | None = Field(
+        None, description="encode to step t; null: T/2; 0: the blend")
+    frames: Annotated[int, Field(ge=2, le=MAX_FRAMES), JSON_NUMBER] = 11
+    resize: bool = False
+
+
+class VariationBody(Common):
+    """``POST /v1/variations``: fig. 7, continuations of one shared x_t."""
+
+    t: Annotated[int, Field(ge=0), JSON_NUMBER] | None = Field(None, description="share x_t; null: T/2")
+    n: Annotated[int, Field(ge=1), JSON_NUMBER] = 4
+    sampler: SamplerName | None = Field("ddpm", description="must draw noise: ddpm, or ddim with eta > 0")
+
+
+def check_bounds(service: Service, body: Common, n: int, field_n: str = "n") -> None:
+    """The server's bounds, as InvalidRequest naming the field (the schema's own 422 shape)."""
+    plan, config = service.plan, service.model.config
+    if n > plan.admissible_images:
+        raise InvalidRequest(field_n, f"{n} images; this server takes at most {plan.admissible_images}")
+    if body.steps is not None and body.steps > plan.max_steps:
+        raise InvalidRequest("steps", f"steps={body.steps} must be <= {plan.max_steps}")
+    classes = config.num_classes
+    if body.label is not None and (classes is None or body.label >= classes):
+        raise InvalidRequest("label", "this model is unconditional; label must be null" if classes is None
+                             else f"label={body.label} must be <= {classes - 1}")
+    if body.guidance is not None and body.guidance > service.settings.max_guidance:
+        raise InvalidRequest("guidance", f"guidance={body.guidance} must be <= {service.settings.max_guidance}")
+    num = config.diffusion.num_timesteps
+    t = getattr(body, "t", None)
+    if t is not None and t > num:
+        raise InvalidRequest("t", f"t={t} must be <= {num}")
+
+
+def limits(service: Service) -> ImageLimits:
+    return ImageLimits(max_bytes=min(ImageLimits().max_bytes, service.settings.max_body_bytes))
+
+
+def decode_edit_inputs(service: Service, body: EditBody) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """(image, mask or None) as the tensors model.editing takes; runs off the event loop."""
+    lim = limits(service)
+    image = decode_base64(body.image, "image", lim)
+    mask = None if body.mask is None else decode_base64(body.mask, "mask", lim)
+    pixels, m = read_image_and_mask(image, mask, service.model.image_shape, resize=body.resize, limits=lim)
+    return to_model_range(pixels), None if m is None else mask_tensor(m)
+
+
+def decode_end(service: Service, end: End, field: str, resize: bool) -> torch.Tensor:
+    assert end.image is not None
+    lim = limits(service)
+    data = decode_base64(end.image, f"{field}.image", lim)
+    pixels, _ = read_image_and_mask(data, None, service.model.image_shape, resize=resize, limits=lim,
+                                    fields=(f"{field}.image", "mask"))
+    return to_model_range(pixels)

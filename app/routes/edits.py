@@ -1,0 +1,253 @@
+"""``POST /v1/edits``, ``/v1/interpolations``, ``/v1/variations`` and their ``/stream`` twins.
+
+Each request becomes rows built by ``model.editing`` and is submitted to the engine as an
+ordinary generation, so edit rows share network calls with every other row; the responses have
+``/generate``'s shapes (a PNG, a grid, or base64 JSON; the same server-sent events). Two kinds
+run a first phase: variations run the shared chain down to t (one row that hands back its x_t
+through a ``LatentSink``), and an interpolation between seeds first draws the two end samples
+(as ``/generate`` would, so the ends are those seeds' images).
+
+(No ``from __future__ import annotations``: FastAPI must see the body models as real types.)
+"""
+
+import time
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+import numpy as np
+from fastapi import APIRouter, Request
+from fastapi.responses import JSONResponse, Response, StreamingResponse
+from starlette.concurrency import run_in_threadpool
+
+from model import RowSpec
+from model.editing import (
+    EditError,
+    blend_frames,
+    edit_specs,
+    interpolation_specs,
+    shared_start,
+    variation_plans,
+    variation_prefix_spec,
+    variation_specs,
+)
+from model.image_input import ImageInputError, to_model_range
+from model.images import encode_png, make_grid
+
+from .. import http_errors
+from ..edit_requests import (
+    Common,
+    EditBody,
+    InterpolationBody,
+    UploadTooLarge,
+    VariationBody,
+    check_bounds,
+    decode_edit_inputs,
+    decode_end,
+)
+from ..errors import InvalidRequest
+from ..generation import Resolved, Submission, resolve
+from ..http import sse
+from ..schemas import ERROR_RESPONSES, GenerateResponse, ImageOut, Timings
+from ..service import Service
+from .generate import b64png, outcome, stream_events
+
+# The editing API's one new domain error, in the table app.http_errors maps statuses from.
+http_errors.STATUS.setdefault(UploadTooLarge, 413)
+
+
+class RowsSubmission(Submission):
+    """A Submission whose rows the caller built: image i is ``specs[i]``, reported with seed i."""
+
+    def __init__(self, service: Service, resolved: Resolved, request_id: str, specs: list[RowSpec], *,
+                 progress: bool) -> None:
+        super().__init__(service, resolved, request_id, progress=progress)
+        self.generation.specs = specs
+        self.generation.images = [None] * len(specs)
+
+
+@dataclass
+class Built:
+    """What a request runs: its rows, or (an interpolation at t = 0) its finished frames."""
+
+    resolved: Resolved
+    specs: list[RowSpec] = field(default_factory=list)
+    ready: list[np.ndarray] = field(default_factory=list)
+
+
+def submit_rows(service: Service, request: Request, resolved: Resolved, specs: list[RowSpec], *,
+                progress: bool) -> RowsSubmission:
+    service.check_accepting()
+    longest = max(s.plan.steps for s in specs)
+    if longest > service.plan.max_steps:
+        raise InvalidRequest("jumps", f"the plan has {longest} row-steps with its jumps; this server runs at "
+                                      f"most {service.plan.max_steps}: fewer steps or jumps")
+    submission = RowsSubmission(service, resolved, request.state.request_id, specs, progress=progress)
+    service.engine.submit(submission.generation)
+    return submission
+
+
+def with_seeds(resolved: Resolved, seeds: list[int]) -> Resolved:
+    """The seeds a phase reports (frames share one; continuations have their own)."""
+    return replace(resolved, seeds=tuple(seeds))
+
+
+async def build(service: Service, request: Request, body: Common) -> Built:
+    """model/'s refusals become the HTTP layer's domain errors here (statuses in app.http_errors).
+    A first phase spends part of the request's deadline; the rows get what is left of it."""
+    start = time.monotonic()
+    try:
+        if isinstance(body, EditBody):
+            built = await build_edit(service, body)
+        elif isinstance(body, InterpolationBody):
+            built = await build_interpolation(service, request, body)
+        else:
+            assert isinstance(body, VariationBody)
+            built = await build_variations(service, request, body)
+        left = built.resolved.timeout_s - (time.monotonic() - start)
+        built.resolved = replace(built.resolved, timeout_s=max(left, 0.001))
+        return built
+    except ImageInputError as exc:
+        raise UploadTooLarge(str(exc)) if exc.too_large else InvalidRequest(exc.field, _reason(exc)) from exc
+    except EditError as exc:
+        raise InvalidRequest(exc.field, _reason(exc)) from exc
+
+
+def _reason(exc: Exception) -> str:
+    return str(exc).partition(": ")[2]
+
+
+async def build_edit(service: Service, body: EditBody) -> Built:
+    check_bounds(service, body, body.n)
+    r = resolve(body.params(body.n), service)
+    image, mask = await run_in_threadpool(decode_edit_inputs, service, body)
+    return Built(r, edit_specs(service.model, image, mask, n=body.n, seed=r.seeds[0], strength=body.strength,
+                               jumps=body.jumps, jump_length=body.jump_length, label=r.label,
+                               guidance=r.guidance, steps=r.steps, sampler=r.sampler, eta=r.eta))
+
+
+async def build_interpolation(service: Service, request: Request, body: InterpolationBody) -> Built:
+    check_bounds(service, body, body.frames, "frames")
+    model = service.model
+    t = model.config.diffusion.num_timesteps // 2 if body.t is None else body.t
+    base = resolve(body.params(1), service)
+    ends = {name: await run_in_threadpool(decode_end, service, end, name, body.resize)
+            for name, end in (("a", body.a), ("b", body.b)) if end.image is not None}
+    seeded = [(name, end.seed) for name, end in (("a", body.a), ("b", body.b)) if end.seed is not None]
+    if seeded:  # the ends are those seeds' /generate images, drawn first with the request's label
+        plan = model.plan(base.sampler, base.steps, base.eta)
+        specs = [RowSpec(plan=plan, seed=s, label=base.label, guidance=base.guidance) for _, s in seeded]
+        first = submit_rows(service, request, with_seeds(base, [s for _, s in seeded]), specs, progress=False)
+        for (name, _), image in zip(seeded, await outcome(first, request), strict=True):
+            ends[name] = to_model_range(image)
+    r = with_seeds(base, [base.seeds[0]] * body.frames)
+    if t == 0:
+        return Built(r, ready=list(blend_frames(ends["a"], ends["b"], body.frames)))
+    return Built(r, interpolation_specs(model, ends["a"], ends["b"], t=t, frames=body.frames, seed=base.seeds[0],
+                                        label=r.label, guidance=r.guidance, steps=r.steps, sampler=r.sampler,
+                                        eta=r.eta))
+
+
+async def build_variations(service: Service, request: Request, body: VariationBody) -> Built:
+    check_bounds(service, body, body.n)
+    model = service.model
+    t = model.config.diffusion.num_timesteps // 2 if body.t is None else body.t
+    base = resolve(body.params(1), service)
+    seed = base.seeds[0]
+    r = with_seeds(base, [seed + 1 + i for i in range(body.n)])
+    prefix_plan, cont = variation_plans(model, t=t, steps=r.steps, sampler=r.sampler, eta=r.eta)
+    prefix = None if prefix_plan is None else variation_prefix_spec(prefix_plan, seed=seed, label=r.label,
+                                                                    guidance=r.guidance)
+    if prefix is not None:
+        first = submit_rows(service, request, with_seeds(base, [seed]), [prefix], progress=False)
+        shared = await outcome(first, request)
+        if cont is None:  # t = 0: the whole chain is shared; every variation is that one sample
+            return Built(with_seeds(base, [seed] * body.n), ready=shared * body.n)
+    assert cont is not None
+    return Built(r, variation_specs(cont, shared_start(model, prefix, seed), list(r.seeds), label=r.label,
+                                    guidance=r.guidance))
+
+
+def picture(images: list[np.ndarray]) -> bytes:
+    return encode_png(images[0] if len(images) == 1 else make_grid(np.stack(images)))
+
+
+def json_body(service: Service, request: Request, r: Resolved, images: list[np.ndarray],
+              submission: Submission | None) -> dict[str, Any]:
+    timings = submission.timings() if submission else {"queue_s": 0.0, "sampling_s": 0.0, "total_s": 0.0}
+    return GenerateResponse(
+        request_id=request.state.request_id, model=service.name, steps=r.steps, sampler=r.sampler,
+        label=r.label, guidance=r.guidance,
+        images=[ImageOut(index=i, seed=s, png_base64=b64png(im)) for i, (s, im) in enumerate(zip(r.seeds, images,
+                                                                                                 strict=True))],
+        timings=Timings(**timings),
+    ).model_dump()
+
+
+async def respond(service: Service, request: Request, body: Common) -> Response:
+    built = await build(service, request, body)
+    r, submission, images = built.resolved, None, built.ready
+    if built.specs:
+        submission = submit_rows(service, request, r, built.specs, progress=False)
+        images = await outcome(submission, request)
+    if body.response_format == "png":
+        response: Response = Response(await run_in_threadpool(picture, images), media_type="image/png")
+    else:
+        response = JSONResponse(await run_in_threadpool(json_body, service, request, r, images, submission))
+    response.headers.update({"X-Seed": str(r.seeds[0]), "X-Seeds": ",".join(map(str, r.seeds))})
+    return response
+
+
+async def respond_stream(service: Service, request: Request, body: Common) -> StreamingResponse:
+    """The same events as /generate/stream, for the last phase (a first phase runs before the stream)."""
+    built = await build(service, request, body)
+    if not built.specs:  # nothing to run (an interpolation at t = 0): the answer is the whole stream
+        done = await run_in_threadpool(json_body, service, request, built.resolved, built.ready, None)
+        return StreamingResponse(iter([sse("done", done)]), media_type="text/event-stream")
+    submission = submit_rows(service, request, built.resolved, built.specs, progress=True)
+    headers = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no", **submission.seed_headers()}
+    return StreamingResponse(stream_events(service, submission, request), media_type="text/event-stream",
+                             headers=headers)
+
+
+RESPONSES: dict[int | str, dict[str, Any]] = {
+    200: {"model": GenerateResponse, "content": {"image/png": {}},
+          "description": "image/png (several: one grid), or JSON with base64 PNGs"},
+    **ERROR_RESPONSES,
+}
+STREAM = {200: {"content": {"text/event-stream": {}}, "description": "server-sent events"}, **ERROR_RESPONSES}
+
+
+def make_router(service: Service) -> APIRouter:
+    router = APIRouter()
+
+    @router.post("/v1/edits", response_class=Response, responses=RESPONSES,
+                 summary="Edit an image: SDEdit without a mask, RePaint inpainting with one")
+    async def edits(request: Request, body: EditBody) -> Response:
+        return await respond(service, request, body)
+
+    @router.post("/v1/edits/stream", response_class=StreamingResponse, responses=STREAM,
+                 summary="Edit an image, streaming progress as server-sent events")
+    async def edits_stream(request: Request, body: EditBody) -> StreamingResponse:
+        return await respond_stream(service, request, body)
+
+    @router.post("/v1/interpolations", response_class=Response, responses=RESPONSES,
+                 summary="Interpolate two images through q(x_t | x_0) (Ho et al. 2020, sec. 4.3)")
+    async def interpolations(request: Request, body: InterpolationBody) -> Response:
+        return await respond(service, request, body)
+
+    @router.post("/v1/interpolations/stream", response_class=StreamingResponse, responses=STREAM,
+                 summary="Interpolate, streaming progress as server-sent events")
+    async def interpolations_stream(request: Request, body: InterpolationBody) -> StreamingResponse:
+        return await respond_stream(service, request, body)
+
+    @router.post("/v1/variations", response_class=Response, responses=RESPONSES,
+                 summary="Continuations of one shared x_t (Ho et al. 2020, fig. 7)")
+    async def variations(request: Request, body: VariationBody) -> Response:
+        return await respond(service, request, body)
+
+    @router.post("/v1/variations/stream", response_class=StreamingResponse, responses=STREAM,
+                 summary="Variations, streaming progress as server-sent events")
+    async def variations_stream(request: Request, body: VariationBody) -> StreamingResponse:
+        return await respond_stream(service, request, body)
+
+    return router

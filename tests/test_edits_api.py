@@ -1,0 +1,197 @@
+"""The editing API (issue 16) over real HTTP: /v1/edits, /v1/interpolations, /v1/variations.
+
+``with_editing`` mounts the routes on the live app when ``create_app`` does not yet (the one
+line app.api needs: ``app.include_router(edits.make_router(service), dependencies=secured)``).
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import re
+import threading
+import zlib
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import numpy as np
+import pytest
+from fastapi import FastAPI
+
+from app.routes import edits
+from model import load_checkpoint
+from model.editing import edit_specs, interpolation_specs, run_rows, run_variations
+from model.image_input import mask_tensor, to_model_range
+from model.images import decode_png, encode_png
+
+from .live import live_app, slowed
+
+SOURCE = np.random.default_rng(0).integers(0, 256, (8, 8, 1), dtype=np.uint8)
+TOP = np.zeros((8, 8), bool)
+TOP[:4] = True
+
+
+def b64(image: np.ndarray) -> str:
+    return base64.b64encode(encode_png(image)).decode()
+
+
+def images_of(body: dict) -> np.ndarray:
+    return np.stack([decode_png(base64.b64decode(im["png_base64"])) for im in body["images"]])
+
+
+def with_editing(app: FastAPI) -> FastAPI:
+    if not any(getattr(route, "path", None) == "/v1/edits" for route in app.routes):
+        app.include_router(edits.make_router(app.state.service))
+    return app
+
+
+@pytest.fixture(scope="module")
+def served(tiny_checkpoint: Path) -> Iterator[tuple[str, FastAPI]]:
+    with live_app(tiny_checkpoint, max_batch=8, max_images_per_request=6) as (url, app):
+        yield url, with_editing(app)
+
+
+@pytest.fixture
+def client(served: tuple[str, FastAPI]) -> Iterator[httpx.Client]:
+    with httpx.Client(base_url=served[0], timeout=60) as c:
+        yield c
+
+
+@pytest.fixture(scope="module")
+def tiny(tiny_checkpoint: Path):  # type: ignore[no-untyped-def]
+    return load_checkpoint(tiny_checkpoint, device="cpu")
+
+
+def test_inpainting_keeps_the_unmasked_pixels_and_is_the_offline_image(client: httpx.Client, tiny) -> None:  # type: ignore[no-untyped-def]
+    mask = np.where(TOP, 255, 0).astype(np.uint8)[:, :, None]
+    r = client.post("/v1/edits", json={"image": b64(SOURCE), "mask": b64(mask), "n": 2, "seed": 7, "label": 3,
+                                       "steps": 5, "sampler": "ddpm", "jumps": 1, "jump_length": 2,
+                                       "response_format": "base64"})
+    assert r.status_code == 200, r.text
+    assert r.headers["x-seeds"] == "7,8"
+    got = images_of(r.json())
+    np.testing.assert_array_equal(got[:, 4:], np.repeat(SOURCE[None, 4:], 2, 0))
+    specs = edit_specs(tiny, to_model_range(SOURCE), mask_tensor(TOP), n=2, seed=7, label=3, steps=5,
+                       sampler="ddpm", jumps=1, jump_length=2, guidance=0.0)
+    np.testing.assert_array_equal(got, np.stack([row.image for row in run_rows(tiny, specs)]))
+
+
+def test_sdedit_png_and_stream(client: httpx.Client) -> None:
+    body = {"image": b64(SOURCE), "strength": 0.5, "seed": 3, "steps": 4}
+    png = client.post("/v1/edits", json=body)
+    assert png.status_code == 200 and png.headers["content-type"] == "image/png"
+    with client.stream("POST", "/v1/edits/stream", json=body) as s:
+        text = "".join(s.iter_text())
+    events = [block.split("\n")[0].removeprefix("event: ") for block in text.strip().split("\n\n")
+              if block.startswith("event")]
+    assert events[0] == "queued" and events[-1] == "done" and "image" in events
+    done = json.loads(text.strip().split("\n\n")[-1].split("data: ", 1)[1])
+    assert (images_of(done)[0] == decode_png(png.content)).all()
+
+
+def test_interpolation_between_seeds_and_at_t0(client: httpx.Client, tiny) -> None:  # type: ignore[no-untyped-def]
+    ends = client.post("/generate", json={"n": 2, "seed": 40, "steps": 4, "label": 1, "response_format": "base64"})
+    a, b = images_of(ends.json())
+    r = client.post("/v1/interpolations", json={"a": {"seed": 40}, "b": {"image": b64(b)}, "t": 30, "frames": 4,
+                                                "seed": 5, "steps": 4, "label": 1, "response_format": "base64"})
+    assert r.status_code == 200, r.text
+    got = images_of(r.json())
+    specs = interpolation_specs(tiny, to_model_range(a), to_model_range(b), t=30, frames=4, seed=5, steps=4,
+                                label=1, guidance=0.0)
+    np.testing.assert_array_equal(got, np.stack([row.image for row in run_rows(tiny, specs)]))
+    blend = client.post("/v1/interpolations", json={"a": {"image": b64(a)}, "b": {"image": b64(b)}, "t": 0,
+                                                    "frames": 3, "response_format": "base64"})
+    mid = images_of(blend.json())[1].astype(float)
+    with client.stream("POST", "/v1/interpolations/stream", json={"a": {"image": b64(a)}, "b": {"image": b64(b)},
+                                                                  "t": 0, "frames": 3}) as s:
+        text = "".join(s.iter_text())
+    assert text.startswith("event: done") and images_of(json.loads(text.split("data: ", 1)[1])).shape[0] == 3
+    assert np.abs(mid - (a.astype(float) + b.astype(float)) / 2).max() <= 0.5
+
+
+def test_variations_are_the_offline_ones(client: httpx.Client, tiny) -> None:  # type: ignore[no-untyped-def]
+    r = client.post("/v1/variations", json={"t": 50, "n": 3, "seed": 9, "steps": 6, "label": 2,
+                                            "response_format": "base64"})
+    assert r.status_code == 200, r.text
+    assert [im["seed"] for im in r.json()["images"]] == [10, 11, 12]
+    np.testing.assert_array_equal(images_of(r.json()), run_variations(tiny, t=50, seed=9, n=3, steps=6, label=2))
+
+
+def rows_per_call(metrics: str) -> dict[float, int]:
+    """The batch-size histogram's cumulative counts by bucket bound."""
+    return {float(le): int(float(v)) for le, v in re.findall(r'ddpm_batch_size_bucket\{le="([0-9.]+)"\} (\S+)',
+                                                             metrics)}
+
+
+def test_edit_rows_and_plain_rows_share_engine_iterations(tiny_checkpoint: Path, tiny) -> None:  # type: ignore[no-untyped-def]
+    """An edit and a /generate request of one row each, in flight together on a network slowed
+    to 20 ms a call: network calls of exactly two rows (the batch-size metric) held a row of each,
+    and each answer is byte-identical to its row run alone."""
+    mask = np.where(TOP, 255, 0).astype(np.uint8)[:, :, None]
+    bodies = {"edit": ("/v1/edits", {"image": b64(SOURCE), "mask": b64(mask), "seed": 1, "steps": 30, "label": 4,
+                                     "sampler": "ddpm", "response_format": "base64"}),
+              "plain": ("/generate", {"seed": 2, "steps": 30, "sampler": "ddim", "label": 6,
+                                      "response_format": "base64"})}
+    results: dict[str, httpx.Response] = {}
+    with live_app(tiny_checkpoint, model=slowed(tiny_checkpoint, 0.02), max_batch=8) as (url, app):
+        with_editing(app)
+        with httpx.Client(base_url=url) as c:
+            before = rows_per_call(c.get("/metrics").text)
+
+        def post(name: str) -> None:
+            path, body = bodies[name]
+            with httpx.Client(base_url=url, timeout=60) as c:
+                results[name] = c.post(path, json=body)
+
+        threads = [threading.Thread(target=post, args=(name,)) for name in bodies]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(60)
+        with httpx.Client(base_url=url) as c:
+            after = rows_per_call(c.get("/metrics").text)
+    two_rows = (after[2.0] - after[1.0]) - (before[2.0] - before[1.0])
+    assert two_rows >= 10, (before, after)  # the two requests overlapped for most of their 30 steps
+    edit = edit_specs(tiny, to_model_range(SOURCE), mask_tensor(TOP), n=1, seed=1, steps=30, label=4,
+                      sampler="ddpm", guidance=0.0)
+    np.testing.assert_array_equal(images_of(results["edit"].json())[0], run_rows(tiny, edit)[0].image)
+    plain = tiny.sample(1, seed=2, steps=30, sampler="ddim", label=6, guidance=0.0)
+    np.testing.assert_array_equal(images_of(results["plain"].json())[0], plain[0])
+
+
+@pytest.mark.parametrize(("body", "status", "field"), [
+    ({"image": "!!"}, 422, "image"),
+    ({"image": b64(SOURCE), "mask": b64(np.zeros((4, 4, 1), np.uint8))}, 422, "mask"),
+    ({"image": b64(np.zeros((16, 16, 1), np.uint8))}, 422, "image"),
+    ({"image": b64(SOURCE), "strength": 0}, 422, "strength"),
+    ({"image": b64(SOURCE), "jumps": 2}, 422, "jumps"),
+    ({"image": b64(SOURCE), "mask": b64(SOURCE), "jumps": 50, "jump_length": 1, "steps": 100}, 422, "jumps"),
+    ({"image": b64(SOURCE), "n": 7}, 422, "n"),
+    ({"image": b64(SOURCE), "label": 10}, 422, "label"),
+    ({"image": b64(SOURCE), "n": "2"}, 422, "n"),  # a JSON number, as /generate's body
+    ({"image": b64(SOURCE), "mode": "x"}, 422, "mode"),
+])
+def test_bad_edits_name_the_field(client: httpx.Client, body: dict, status: int, field: str) -> None:
+    r = client.post("/v1/edits", json=body)
+    assert r.status_code == status, r.text
+    assert field in json.dumps(r.json()["detail"])
+
+
+def claims(width: int, height: int) -> bytes:
+    """A PNG whose header claims ``width`` x ``height`` pixels: a bomb is refused from its header."""
+    data = bytearray(encode_png(SOURCE))
+    ihdr = 8 + 8  # signature, then the IHDR chunk's length and type
+    data[ihdr:ihdr + 8] = width.to_bytes(4, "big") + height.to_bytes(4, "big")
+    data[ihdr + 13:ihdr + 17] = zlib.crc32(bytes(data[ihdr - 4:ihdr + 13])).to_bytes(4, "big")
+    return bytes(data)
+
+
+def test_an_image_over_the_pixel_cap_is_a_413(client: httpx.Client) -> None:
+    r = client.post("/v1/edits", json={"image": base64.b64encode(claims(5000, 5000)).decode(), "resize": True})
+    assert r.status_code == 413 and "image" in r.json()["detail"]
+    r = client.post("/v1/interpolations", json={"a": {"seed": 1, "image": b64(SOURCE)}, "b": {"seed": 2}})
+    assert r.status_code == 422 and "exactly one" in r.text
+    r = client.post("/v1/variations", json={"sampler": "ddim", "eta": 0})
+    assert r.status_code == 422 and "stochastic" in r.text
+
