@@ -21,7 +21,7 @@ from .errors import ServingError
 from .http import ApiKeyAuth, RequestContext
 from .http_errors import serving_error_handler, validation_error_handler
 from .openai import install as install_openai
-from .routes import generate, health
+from .routes import edits, generate, health
 from .routes import model as model_routes
 from .schemas import ERROR_RESPONSES, request_model
 from .service import Service
@@ -65,6 +65,7 @@ def create_app(settings: Settings | None = None, *, model: DiffusionModel | None
     body = request_model(service.model.config, service.plan, max_guidance=settings.max_guidance)
     app.include_router(generate.make_router(service, body), dependencies=secured)
     app.include_router(model_routes.make_router(service), dependencies=secured, responses=unauthorized)
+    app.include_router(edits.make_router(service), dependencies=secured)
     app.include_router(health.make_router(service))
     install_openai(app, service, dependencies=secured)  # last: its middleware wraps the ones above
 

@@ -16,15 +16,10 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 from model.image_input import ImageLimits, decode_base64, mask_tensor, read_image_and_mask, to_model_range
 from model.modes import SamplerName
 
-from .errors import InvalidRequest, ServingError
+from .errors import InvalidRequest
 from .generation import MAX_SEED, GenerationParams
 from .schemas import JsonInt, ResponseFormat
 from .service import Service
-
-
-class UploadTooLarge(ServingError):
-    """An uploaded image over a size limit (bytes, or pixels before decoding): HTTP 413."""
-
 
 # Numbers are JSON numbers, as in /generate's body (app.schemas): "4" and true are refused.
 JSON_NUMBER = JsonInt.__metadata__[0]  # type: ignore[attr-defined]  # the BeforeValidator of JsonInt

@@ -24,6 +24,10 @@ class InvalidRequest(ServingError):
         self.field = field
 
 
+class UploadTooLarge(ServingError):
+    """An uploaded image over a size limit (bytes, or pixels before decoding)."""
+
+
 class QueueFull(ServingError):
     """Every row and every queue slot is taken; ``retry_after`` estimates when one frees."""
 

@@ -24,10 +24,12 @@ from .errors import (
     SamplingFailed,
     ServingError,
     Unavailable,
+    UploadTooLarge,
 )
 
 STATUS: dict[type[ServingError], int] = {
     InvalidRequest: 422,
+    UploadTooLarge: 413,
     QueueFull: 429,
     DeadlineExceeded: 504,
     Unavailable: 503,

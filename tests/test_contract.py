@@ -23,7 +23,7 @@ def schemathesis(url: str, tmp_path: Path, *extra: str) -> subprocess.CompletedP
     st = shutil.which("schemathesis", path=os.path.dirname(sys.executable)) or shutil.which("schemathesis")
     assert st, "schemathesis is a test dependency"
     return subprocess.run(
-        [st, "--config-file", str(Path(__file__).with_name("schemathesis-openai.toml")),
+        [st, "--config-file", str(Path(__file__).with_name("schemathesis.toml")),
          "run", f"{url}/openapi.json", "--checks", "all", "--max-time", "30", "--workers", "2",
          "--request-timeout", "30", *extra],
         capture_output=True, text=True, timeout=300, cwd=tmp_path)

@@ -2,7 +2,7 @@
 
 One rule is beyond JSON Schema: whether a prompt names exactly one class. A schema-valid prompt
 can therefore be a 400, and a body over ``max_body_bytes`` is a 413 whatever its schema says;
-the config below says so for this one operation (tests/schemathesis-openai.toml), and every other
+the config below says so for this one operation (tests/schemathesis.toml), and every other
 check and status holds as for the native API.
 """
 
@@ -19,7 +19,7 @@ import pytest
 
 from .test_openai_live import openai_server
 
-CONFIG = Path(__file__).with_name("schemathesis-openai.toml")
+CONFIG = Path(__file__).with_name("schemathesis.toml")
 
 
 @pytest.mark.slow

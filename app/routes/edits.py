@@ -33,26 +33,21 @@ from model.editing import (
 from model.image_input import ImageInputError, to_model_range
 from model.images import encode_png, make_grid
 
-from .. import http_errors
 from ..edit_requests import (
     Common,
     EditBody,
     InterpolationBody,
-    UploadTooLarge,
     VariationBody,
     check_bounds,
     decode_edit_inputs,
     decode_end,
 )
-from ..errors import InvalidRequest
+from ..errors import InvalidRequest, UploadTooLarge
 from ..generation import Resolved, Submission, resolve
 from ..http import sse
 from ..schemas import ERROR_RESPONSES, GenerateResponse, ImageOut, Timings
 from ..service import Service
 from .generate import b64png, outcome, stream_events
-
-# The editing API's one new domain error, in the table app.http_errors maps statuses from.
-http_errors.STATUS.setdefault(UploadTooLarge, 413)
 
 
 class RowsSubmission(Submission):

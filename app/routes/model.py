@@ -7,6 +7,7 @@ from typing import Any
 from fastapi import APIRouter
 
 from model import SAMPLERS, NoiseSchedule
+from model.samplers import sampler_descriptions
 from model.unet import count_parameters
 
 from ..service import Service
@@ -40,6 +41,7 @@ def model_card(service: Service) -> dict[str, Any]:
             "load_seconds": service.load_seconds,
         },
         "samplers": list(SAMPLERS),
+        "sampler_descriptions": sampler_descriptions(),
         "defaults": {"sampler": plan.default_sampler, "steps": plan.default_steps, "eta": c.sampling.eta,
                      "guidance": c.sampling.guidance, "spacing": c.sampling.spacing},
         "limits": {
