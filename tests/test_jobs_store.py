@@ -210,6 +210,21 @@ def test_cancel_queued_and_running(store: JobStore) -> None:
     assert succeeded == []
 
 
+def test_release_requeues_without_counting_an_attempt(stores: Stores) -> None:
+    store = stores.open(max_attempts=1)
+    job, _ = store.create(A, spec(n=2))
+    other, _ = store.create(B, spec(n=1))
+    claim = store.claim("r1", 1)[0]
+    assert store.release(claim) and not store.release(claim)  # once
+    again = store.get(job.id)
+    assert again.status == "queued" and again.attempts == 0
+    assert not store.progress(claim, Progress(1, 10, 0))
+    taken = store.claim("r2", 8)  # max_attempts=1 and it still runs: the release was no failure
+    assert {c.job.id for c in taken} == {job.id, other.id}
+    assert all(c.job.attempts == 1 for c in taken)
+    assert store.counts() == {"queued": 0, "running": 2}
+
+
 def test_cancel_after_success_keeps_success(store: JobStore) -> None:
     job, _ = store.create(A, spec())
     store.complete(store.claim("r1", 1)[0], [b"png"])

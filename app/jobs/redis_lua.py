@@ -94,3 +94,21 @@ end
 if ARGV[6] ~= '' then redis.call('PEXPIREAT', KEYS[1], ARGV[6]) end
 return {'ok', status}
 """
+
+# KEYS: job, queued, stream.  ARGV: token, group.  A held job back to the queue, as a new stream
+# entry (a stream only grows at its end: it queues behind what waits now).
+RELEASE = """
+if redis.call('HGET', KEYS[1], 'status') ~= 'running' or redis.call('HGET', KEYS[1], 'token') ~= ARGV[1] then
+  return 0
+end
+local msg = redis.call('HGET', KEYS[1], 'msg')
+local id, n, owner = unpack(redis.call('HMGET', KEYS[1], 'id', 'n', 'owner'))
+redis.call('XACK', KEYS[3], ARGV[2], msg)
+redis.call('XDEL', KEYS[3], msg)
+local new = redis.call('XADD', KEYS[3], '*', 'id', id, 'n', n, 'owner', owner)
+redis.call('HSET', KEYS[1], 'status', 'queued', 'msg', new)
+redis.call('HDEL', KEYS[1], 'token')
+redis.call('HINCRBY', KEYS[1], 'attempts', -1)
+redis.call('HINCRBY', KEYS[2], owner, tonumber(n))
+return 1
+"""

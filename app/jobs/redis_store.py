@@ -95,6 +95,7 @@ class RedisStore:
         self._create = self._r.register_script(redis_lua.CREATE)
         self._claim = self._r.register_script(redis_lua.CLAIM)
         self._transition = self._r.register_script(redis_lua.TRANSITION)
+        self._release = self._r.register_script(redis_lua.RELEASE)
         self._hub = EventHub()
         self._stop = threading.Event()
         self._pubsub = self._r.pubsub(ignore_subscribe_messages=False)
@@ -291,6 +292,13 @@ class RedisStore:
             return None
         self.publish(JobEvent(claim.job.id, "status", {"status": "failed", "error": error}))
         return self.get(claim.job.id)
+
+    def release(self, claim: Claim) -> bool:
+        held = bool(self._release(keys=[_job_key(claim.job.id), QUEUED, STREAM], args=[claim.token, GROUP]))
+        if held:
+            position = self.position(claim.job.id)
+            self.publish(JobEvent(claim.job.id, "status", {"status": "queued", "position": position}))
+        return held
 
     def recover(self) -> int:
         """Nothing to do: a dead replica's claims come back through XAUTOCLAIM after the lease."""

@@ -267,6 +267,15 @@ class SQLiteStore:
         self.publish(JobEvent(claim.job.id, "status", {"status": "failed", "error": json.loads(error)}))
         return self.get(claim.job.id)
 
+    def release(self, claim: Claim) -> bool:
+        with self._tx() as db:
+            held = self._held(db, claim, "status = 'queued', token = NULL, lease_until = NULL, "
+                              "attempts = attempts - 1", ())
+        if held:  # it keeps its seq: back at its old place in the queue
+            position = self.position(claim.job.id)
+            self.publish(JobEvent(claim.job.id, "status", {"status": "queued", "position": position}))
+        return held
+
     def recover(self) -> int:
         """Requeue every running job: this store belongs to one process, so they are the dead one's."""
         with self._tx() as db:

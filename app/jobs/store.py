@@ -96,6 +96,11 @@ class JobStore(Protocol):
         metrics; ended jobs are counted by the replica that ends them."""
         ...
 
+    def release(self, claim: Claim) -> bool:
+        """Give a held job back to the queue unfinished (this replica is shutting down); the attempt
+        does not count towards ``max_attempts``. False if the claim was already lost."""
+        ...
+
     def recover(self) -> int:
         """Requeue the jobs this store's previous process held when it died; how many."""
         ...
