@@ -1,3 +1,4 @@
+# ruff: noqa: F811  (pytest fixtures imported from tests/job_stores.py and named as arguments)
 """The job store/queue (app/jobs), every test on BOTH stores: SQLite in a temp folder and a real
 Debian redis-server on loopback. Leases and TTLs are short so the clock runs in real time."""
 
@@ -9,7 +10,6 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -28,14 +28,12 @@ from app.jobs import (
     JobStore,
     Progress,
     QuotaExceeded,
-    StoreOptions,
     fingerprint,
-    open_store,
     owner_of,
 )
 from app.jobs.redis_store import GROUP, STREAM
 
-from .redis_server import redis_server
+from .job_stores import Stores, redis_url, store, stores  # noqa: F401  (fixtures)
 
 ROOT = Path(__file__).resolve().parents[1]
 A, B = owner_of("key-a"), owner_of("key-b")
@@ -46,43 +44,7 @@ def spec(n: int = 1, seed: int = 7, steps: int = 10, **extra: object) -> JobSpec
     return JobSpec(n=n, seed=seed, params={"steps": steps, "sampler": "ddim"}, fingerprint=fingerprint(body))
 
 
-@pytest.fixture(scope="module")
-def redis_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    with redis_server(tmp_path_factory.mktemp("redis")) as url:
-        yield url
-
-
-class Stores:
-    """Makes stores of one kind sharing one backend (two replicas, or a process and its restart)."""
-
-    def __init__(self, kind: str, tmp: Path, url: str | None) -> None:
-        self.kind, self.tmp, self.url = kind, tmp, url
-        self.opened: list[JobStore] = []
-
-    def open(self, **options: float) -> JobStore:
-        store = open_store(data_dir=self.tmp, redis_url=self.url, options=StoreOptions(**options))  # type: ignore[arg-type]
-        self.opened.append(store)
-        return store
-
-
-@pytest.fixture(params=["sqlite", "redis"])
-def stores(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Stores]:
-    url = None
-    if request.param == "redis":
-        url = request.getfixturevalue("redis_url")
-        redis.Redis.from_url(url).flushall()
-    s = Stores(request.param, tmp_path, url)
-    yield s
-    for store in s.opened:
-        store.close()
-
-
-@pytest.fixture
-def store(stores: Stores) -> JobStore:
-    return stores.open()
-
-
-def wait_for(check, timeout: float = 5.0) -> None:  # type: ignore[no-untyped-def]
+def wait_for(check, timeout: float = 15.0) -> None:  # type: ignore[no-untyped-def]
     deadline = time.monotonic() + timeout
     while not check():
         assert time.monotonic() < deadline, "condition not met in time"
@@ -311,7 +273,7 @@ def test_events_reach_subscribers_of_every_replica(stores: Stores) -> None:
     one.complete(claim, [b"png"])
     wait_for(lambda: any(e.data.get("status") == "succeeded" for e in seen))
     kinds = [(e.kind, e.data.get("status")) for e in seen]
-    assert kinds == [("status", "running"), ("progress", None), ("status", "succeeded")]
+    assert kinds == [("status", "running"), ("progress", None), ("status", "succeeded")], seen
     assert seen[1].data == {"step": 4, "steps": 10, "images_done": 0, "n": 1}
     unsubscribe()
     one.cancel(one.create(A, spec(seed=9))[0].id)
