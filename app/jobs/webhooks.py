@@ -36,6 +36,7 @@ from urllib.parse import urlsplit
 from standardwebhooks import Webhook
 
 from .errors import InvalidField
+from .records import Job
 
 log = logging.getLogger("ddpm.webhooks")
 
@@ -237,3 +238,20 @@ class WebhookSender:
             return conn.getresponse().status
         finally:
             conn.close()
+
+
+def job_payload(job: Job) -> dict[str, Any]:
+    """The ``data`` of a job event: what GET /v1/jobs/{id} says, less the URLs (the receiver has the id)."""
+    return {
+        "id": job.id, "status": job.status, "n": job.n, "seeds": job.spec.seeds, "attempts": job.attempts,
+        "created_at": job.created_at, "started_at": job.started_at, "finished_at": job.finished_at,
+        "error": {"status": job.error.status, "message": job.error.message} if job.error else None,
+    }
+
+
+def notify(sender: WebhookSender | None, job: Job, event_type: str) -> str | None:
+    """Send ``event_type`` for ``job`` if it asked for it; the webhook-id is fixed per job and event,
+    so a receiver drops the duplicate a re-delivered job can cause."""
+    if sender is None or job.spec.webhook is None or event_type not in job.spec.webhook_events:
+        return None
+    return sender.send(job.spec.webhook, event_type, job_payload(job), msg_id=f"msg_{job.id}_{event_type}")
