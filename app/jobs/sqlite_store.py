@@ -82,33 +82,55 @@ class SQLiteStore:
                  ) -> None:
         self.options = options or StoreOptions()
         self.path = Path(path)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
         self._clock = clock
         self._lock = threading.Lock()
-        self._db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False, timeout=30)
-        self._db.row_factory = sqlite3.Row
-        self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.execute("PRAGMA synchronous=NORMAL")  # WAL + NORMAL: durable across a process kill
-        self._db.executescript(SCHEMA)
+        self._open_lock = threading.Lock()
+        self._db: sqlite3.Connection | None = None
         self._hub = EventHub()
         self._last_purge = 0.0
+
+    def _open(self) -> sqlite3.Connection:
+        with self._open_lock:
+            if self._db is None:
+                self.path.parent.mkdir(parents=True, exist_ok=True)
+                db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False, timeout=30)
+                db.row_factory = sqlite3.Row
+                db.execute("PRAGMA journal_mode=WAL")
+                db.execute("PRAGMA synchronous=NORMAL")  # WAL + NORMAL: durable across a process kill
+                db.executescript(SCHEMA)
+                self._db = db
+            return self._db
+
+    def _absent(self) -> bool:
+        """True while no job was ever stored here: a replica that never gets a job writes nothing
+        (the file is made by the first ``create``)."""
+        if self._db is None and self.path.exists():
+            self._open()
+        return self._db is None
 
     @contextmanager
     def _tx(self) -> Iterator[sqlite3.Connection]:
         """One write transaction, taken at once (BEGIN IMMEDIATE) so readers never upgrade and deadlock."""
+        db = self._open()
         with self._lock:
-            self._db.execute("BEGIN IMMEDIATE")
+            db.execute("BEGIN IMMEDIATE")
             try:
-                yield self._db
+                yield db
             except BaseException:
-                self._db.execute("ROLLBACK")
+                db.execute("ROLLBACK")
                 raise
-            self._db.execute("COMMIT")
+            db.execute("COMMIT")
 
     def _one(self, sql: str, *args: Any) -> sqlite3.Row | None:
+        db = self._open()
         with self._lock:
-            row: sqlite3.Row | None = self._db.execute(sql, args).fetchone()
+            row: sqlite3.Row | None = db.execute(sql, args).fetchone()
             return row
+
+    def _all(self, sql: str, *args: Any) -> list[sqlite3.Row]:
+        db = self._open()
+        with self._lock:
+            return db.execute(sql, args).fetchall()
 
     # ---- the client side ----
 
@@ -143,7 +165,7 @@ class SQLiteStore:
         return job
 
     def get(self, job_id: str, owner: str | None = None) -> Job:
-        row = self._one("SELECT * FROM jobs WHERE id = ?", job_id)
+        row = None if self._absent() else self._one("SELECT * FROM jobs WHERE id = ?", job_id)
         if row is None or (owner is not None and row["owner"] != owner):
             raise JobNotFound(f"no job {job_id}")
         if row["expires_at"] <= self._clock():
@@ -153,18 +175,21 @@ class SQLiteStore:
     def list_jobs(self, owner: str, *, status: JobStatus | None = None, limit: int = 20,
                   cursor: str | None = None) -> Page:
         below = decode_cursor(cursor)
+        if self._absent():
+            return Page([])
         limit = max(1, min(limit, self.options.max_list))
         sql = "SELECT * FROM jobs WHERE owner = ? AND expires_at > ? AND seq < ?"
         args: list[Any] = [owner, self._clock(), below if below is not None else 2**62]
         if status is not None:
             sql += " AND status = ?"
             args.append(status)
-        with self._lock:
-            rows = self._db.execute(sql + " ORDER BY seq DESC LIMIT ?", (*args, limit + 1)).fetchall()
+        rows = self._all(sql + " ORDER BY seq DESC LIMIT ?", *args, limit + 1)
         jobs = [_job(r) for r in rows[:limit]]
         return Page(jobs, encode_cursor(jobs[-1].seq) if len(rows) > limit else None)
 
     def position(self, job_id: str) -> int | None:
+        if self._absent():
+            return None
         row = self._one("SELECT seq, status FROM jobs WHERE id = ?", job_id)
         if row is None or row["status"] != "queued":
             return None
@@ -198,7 +223,7 @@ class SQLiteStore:
     # ---- the engine side ----
 
     def claim(self, consumer: str, max_images: int) -> list[Claim]:
-        if max_images <= 0:
+        if max_images <= 0 or self._absent():
             return []
         now = self._clock()
         taken: list[tuple[str, str]] = []
@@ -278,6 +303,8 @@ class SQLiteStore:
 
     def recover(self) -> int:
         """Requeue every running job: this store belongs to one process, so they are the dead one's."""
+        if self._absent():
+            return 0
         with self._tx() as db:
             return int(db.execute("UPDATE jobs SET status = 'queued', token = NULL, lease_until = NULL "
                                   "WHERE status = 'running'").rowcount)
@@ -292,9 +319,10 @@ class SQLiteStore:
 
     def counts(self) -> dict[str, int]:
         counts = {"queued": 0, "running": 0}
-        with self._lock:
-            rows = self._db.execute("SELECT status, COUNT(*) FROM jobs WHERE status IN ('queued', 'running') "
-                                    "AND expires_at > ? GROUP BY status", (self._clock(),)).fetchall()
+        if self._absent():
+            return counts
+        rows = self._all("SELECT status, COUNT(*) FROM jobs WHERE status IN ('queued', 'running') "
+                         "AND expires_at > ? GROUP BY status", self._clock())
         return {**counts, **{status: count for status, count in rows}}
 
     def _maybe_purge(self) -> None:
@@ -306,10 +334,13 @@ class SQLiteStore:
     def purge(self) -> int:
         """Drop expired jobs' images now, and their rows one TTL later (until then they answer 410)."""
         now = self._clock()
+        if self._absent():
+            return 0
         with self._tx() as db:
             db.execute("DELETE FROM images WHERE job_id IN (SELECT id FROM jobs WHERE expires_at <= ?)", (now,))
             return int(db.execute("DELETE FROM jobs WHERE expires_at <= ?", (now - self.options.ttl_s,)).rowcount)
 
     def close(self) -> None:
         with self._lock:
-            self._db.close()
+            if self._db is not None:
+                self._db.close()
