@@ -193,6 +193,16 @@ class RedisStore:
                 self.publish(JobEvent(job_id, "status", {"status": "canceled"}))
         return self.get(job_id)
 
+    def discard(self, job_id: str, owner: str | None = None) -> Job:
+        job = self.cancel(job_id, owner)
+        now = time.time()
+        pipe = self._r.pipeline(transaction=True)
+        pipe.hset(_job_key(job_id), "expires_at", repr(now))
+        pipe.pexpireat(_job_key(job_id), int((now + self.options.ttl_s) * 1000))  # 410 for one more TTL
+        pipe.delete(_images_key(job_id))
+        pipe.execute()
+        return job
+
     def image(self, job_id: str, index: int, owner: str | None = None) -> bytes:
         job = self.get(job_id, owner)
         if job.status != "succeeded":

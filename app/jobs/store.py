@@ -80,6 +80,11 @@ class JobStore(Protocol):
         """Cancel a queued or running job; a job already ended is returned as it is (idempotent)."""
         ...
 
+    def discard(self, job_id: str, owner: str | None = None) -> Job:
+        """Cancel the job if it has not ended, and expire it now: its images are dropped and it
+        answers JobExpired from then on (DELETE). Returns the job as it was discarded."""
+        ...
+
     def image(self, job_id: str, index: int, owner: str | None = None) -> bytes:
         """PNG bytes of image ``index``: JobNotReady before success, JobNotFound past n."""
         ...
