@@ -103,9 +103,8 @@ def check_address(url: str, *, allow_private: bool, resolver: Resolver = resolve
 
 def validate(url: str | None, events: Sequence[str] | None, *, enabled: bool, allow_private: bool,
              resolver: Resolver = resolve) -> tuple[str | None, tuple[str, ...]]:
-    """Check a job's ``webhook`` and ``webhook_events`` at creation; returns them normalised."""
-    if events is not None and url is None:
-        raise InvalidField("webhook_events", "given without a webhook")
+    """Check a job's ``webhook`` and ``webhook_events`` at creation; returns them normalised
+    (events without a webhook have nowhere to go: they are dropped)."""
     if url is None:
         return None, ()
     if not enabled:
