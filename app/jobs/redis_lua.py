@@ -30,7 +30,10 @@ redis.call('PEXPIREAT', KEYS[1], ARGV[7])
 redis.call('ZADD', KEYS[2], seq, ARGV[1])
 redis.call('PEXPIREAT', KEYS[2], ARGV[7])
 redis.call('HINCRBY', KEYS[4], ARGV[2], n)
-if ARGV[9] == '1' then redis.call('SET', KEYS[6], ARGV[1], 'PX', ARGV[11]) end
+if ARGV[9] == '1' then
+  redis.call('SET', KEYS[6], ARGV[1], 'PX', ARGV[11])
+  redis.call('HSET', KEYS[1], 'idem', KEYS[6])
+end
 return {'created', ARGV[1]}
 """
 

@@ -193,13 +193,12 @@ class RedisStore:
                 self.publish(JobEvent(job_id, "status", {"status": "canceled"}))
         return self.get(job_id)
 
-    def discard(self, job_id: str, owner: str | None = None) -> Job:
-        job = self.cancel(job_id, owner)
-        now = time.time()
+    def delete(self, job_id: str, owner: str | None = None) -> Job:
+        job = self.cancel(job_id, owner)  # the stream entry goes with it; a running replica drops the rows
+        idem = self._r.hget(_job_key(job_id), "idem")
         pipe = self._r.pipeline(transaction=True)
-        pipe.hset(_job_key(job_id), "expires_at", repr(now))
-        pipe.pexpireat(_job_key(job_id), int((now + self.options.ttl_s) * 1000))  # 410 for one more TTL
-        pipe.delete(_images_key(job_id))
+        pipe.delete(_job_key(job_id), _images_key(job_id), *([idem] if idem else []))
+        pipe.zrem(_owner_key(job.owner), job_id)
         pipe.execute()
         return job
 

@@ -80,9 +80,9 @@ class JobStore(Protocol):
         """Cancel a queued or running job; a job already ended is returned as it is (idempotent)."""
         ...
 
-    def discard(self, job_id: str, owner: str | None = None) -> Job:
-        """Cancel the job if it has not ended, and expire it now: its images are dropped and it
-        answers JobExpired from then on (DELETE). Returns the job as it was discarded."""
+    def delete(self, job_id: str, owner: str | None = None) -> Job:
+        """Cancel the job if it has not ended, then remove it and its images (and free its
+        Idempotency-Key): JobNotFound from then on. Returns the job as it was."""
         ...
 
     def image(self, job_id: str, index: int, owner: str | None = None) -> bytes:
