@@ -6,12 +6,16 @@
 
 PYTHON ?= python3
 VENV ?= .venv
+# `make serve PORT=8080`: another port (default: DDPM_PORT, else 8000).
+PORT ?=
+# `make test SYSTEM_PACKAGES=0`: do not try to install the Debian packages some suites need.
+SYSTEM_PACKAGES ?= 1
 TORCH ?= torch==2.13.0
 TORCH_INDEX ?=
 BIN := $(VENV)/bin
 PIP := $(BIN)/python -m pip
 
-.PHONY: serve sample test lint install install-test clean
+.PHONY: serve sample test lint install install-test system-packages clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -31,7 +35,7 @@ install-test: $(VENV)/.test
 
 ## Start the server on the embedded model (http://127.0.0.1:8000).
 serve: $(VENV)/.runtime
-	$(BIN)/ddpm serve
+	$(BIN)/ddpm serve $(if $(PORT),--port $(PORT))
 
 ## Write 16 samples of the embedded model to ./samples.
 sample: $(VENV)/.runtime
@@ -41,8 +45,13 @@ lint: $(VENV)/.test
 	$(BIN)/ruff check .
 	$(BIN)/mypy
 
-## Lint, type-check and run the whole test suite.
-test: lint
+## Debian's nginx, Prometheus, Chromium and redis-server for the suites that drive them, where
+## this machine allows (root, or sudo without a password); never fails.
+system-packages:
+	$(if $(filter 1,$(SYSTEM_PACKAGES)),bash .ci/system-packages.sh,@echo "system packages: not installing (SYSTEM_PACKAGES=$(SYSTEM_PACKAGES))")
+
+## Lint, type-check and run the whole test suite (its last lines name any skipped suite).
+test: lint system-packages
 	$(BIN)/python -m pytest -q
 
 clean:

@@ -13,8 +13,7 @@ from collections.abc import Sequence
 # Before torch (and its OpenMP runtime) is loaded by any subcommand: idle OpenMP threads sleep
 # instead of spinning. Spinning wins a few percent on dedicated cores, but wherever the cores
 # are shared (a container's CPU quota, a neighbour process, our own server threads) a spinning
-# team steals the core its straggler needs: measured on this project's 2-core machines, a
-# network call went from 3 ms to 50-400 ms. docs/benchmarks.md has the numbers.
+# team steals the core its straggler needs (docs/benchmarks.md, "Threads and OpenMP").
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 
@@ -62,7 +61,8 @@ def _serve(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from model.config import SAMPLERS
+    from model.device import DTYPE_CHOICES
+    from model.modes import SAMPLERS
 
     parser = argparse.ArgumentParser(prog="ddpm", description="DDPM training, sampling and serving")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -88,7 +88,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--scale", type=int, default=1, help="enlarge the PNGs by this factor (nearest neighbour)")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, ...")
-    p.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16", "float16"],
+    p.add_argument("--dtype", default="auto", choices=DTYPE_CHOICES,
                    help="the network's precision; auto picks as the server does (DDPM_DTYPE)")
     p.add_argument("--out", default="samples", help="output directory")
     p.set_defaults(func=_sample)
@@ -118,7 +118,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dataset", default=None, help="held-out data set, when the checkpoint does not record one")
     p.add_argument("--data-path", default=None, help="its path (folder, .npz or CIFAR-10 directory)")
     p.add_argument("--device", default="auto")
-    p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16", "auto"],
+    p.add_argument("--dtype", default="float32", choices=DTYPE_CHOICES,
                    help="the network's precision (default float32, exact)")
     p.set_defaults(func=_eval)
 

@@ -1,88 +1,54 @@
 """The engine: step-level continuous batching on one worker thread that owns the model.
 
-Each image of each request is a row of a ``model.RowBatch``. Every iteration the worker
+Each image of each generation is a row of a ``model.RowBatch``. Every iteration the worker
 
-1. drops rows whose request was cancelled or whose deadline passed,
-2. admits waiting rows, FIFO, into free slots (a request's rows may join over several steps),
+1. drops rows whose generation was cancelled or whose deadline passed,
+2. admits waiting rows, FIFO, into free slots (a generation's rows may join over several steps),
 3. runs ONE network call over all rows, each at its own timestep (``RowBatch.step``),
-4. hands finished images, progress and previews back through each job's ``emit`` callback.
+4. tells each generation what happened through its ``emit`` callback, as typed events.
 
 So a 10-step request arriving during a 1000-step one starts at the next step instead of
-waiting. Nothing here knows HTTP: jobs talk back only through ``emit``, which the API layer
-makes thread-safe. PNG encoding happens off this thread.
+waiting. Nothing here knows HTTP: failures are ``app.errors`` exceptions carried by ``Failed``
+events, and the HTTP layer alone turns them into statuses. PNG encoding happens off this thread.
 """
 
 from __future__ import annotations
 
 import collections
+import heapq
 import logging
 import math
 import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
 
 import numpy as np
 import torch
 
-from model import DiffusionModel, Row, RowBatch, RowSpec
+from model import DiffusionModel, Row, RowSpec
 
+from .errors import Cancelled, DeadlineExceeded, QueueFull, SamplingFailed, ServingError, Unavailable
+from .events import Done, Event, Failed, ImageReady, Progress, Queued
 from .metrics import Metrics
+from .runtime import RuntimePlan
 
 log = logging.getLogger("ddpm.engine")
 
 
-class EngineError(Exception):
-    """A request that could not be served; ``status`` is its HTTP status."""
-
-    status = 500
-
-    def __init__(self, detail: str, *, retry_after: float | None = None) -> None:
-        super().__init__(detail)
-        self.detail = detail
-        self.retry_after = retry_after
-
-
-class QueueFull(EngineError):
-    status = 429
-
-
-class DeadlineExceeded(EngineError):
-    status = 504
-
-
-class Unavailable(EngineError):
-    status = 503
-
-
-class SamplingFailed(EngineError):
-    status = 500
-
-
-class Cancelled(EngineError):
-    status = 499  # nginx's "client closed request": nobody is left to read it
-
-
-@dataclass
-class Event:
-    """What the engine tells a job: queued, progress, image, done, error."""
-
-    kind: str
-    data: dict[str, Any] = field(default_factory=dict)
-
-
 @dataclass(eq=False)
-class Job:
-    """One request: ``specs[i]`` is image i. ``emit`` must be safe to call from the worker thread."""
+class Generation:
+    """n images the engine samples together: ``specs[i]`` is image i.
+
+    ``emit`` is called on the worker thread and must be thread-safe (the HTTP layer makes it so).
+    """
 
     id: str
     specs: list[RowSpec]
     deadline: float  # time.monotonic()
     emit: Callable[[Event], None]
-    progress: bool = False  # send progress events (streams only)
+    progress: bool = False  # emit Progress and ImageReady (streams); else only Queued and the end
     preview_every: int = 0  # and the x0 prediction every k steps
-    sampler: str = ""
     created: float = field(default_factory=time.monotonic)
     started: float | None = None
     finished: float | None = None
@@ -107,35 +73,24 @@ class Job:
 
     @property
     def step(self) -> int:
-        """Steps done, averaged over the job's images (finished ones count in full)."""
+        """Steps done, averaged over the generation's images (finished ones count in full)."""
         done = self.images_done * self.steps + sum(r.step for r in self.rows)
         return done // self.n
 
 
 class Engine:
-    def __init__(
-        self,
-        model: DiffusionModel,
-        *,
-        max_batch: int,
-        max_queue_images: int,
-        metrics: Metrics,
-        progress_interval_s: float = 0.05,
-        max_steps: int | None = None,
-    ) -> None:
+    def __init__(self, model: DiffusionModel, plan: RuntimePlan, metrics: Metrics) -> None:
         self.model = model
+        self.plan = plan
         self.metrics = metrics
-        self.max_queue_images = max_queue_images
-        self.progress_interval_s = progress_interval_s
-        self.batch: RowBatch = model.row_batch(max_batch, max_steps=max_steps)
-        self._pending: collections.deque[Job] = collections.deque()
-        self._running: list[Job] = []  # jobs with rows in the batch (or about to)
+        self.batch = model.row_batch(plan.max_batch, max_steps=plan.max_steps)
+        self._pending: collections.deque[Generation] = collections.deque()
+        self._running: list[Generation] = []  # generations with rows in the batch (or about to)
         self._queued_images = 0
-        self._active_images = 0
         self._cond = threading.Condition()
         self._stopping = False
         self._thread: threading.Thread | None = None
-        self._step_time = 0.0  # exponential average of one iteration, for Retry-After
+        self._step_time = 0.0  # exponential average of one iteration at the current load, for Retry-After
 
     # ---- the API side (event-loop thread) ----
 
@@ -143,33 +98,52 @@ class Engine:
         self._thread = threading.Thread(target=self._run, name="ddpm-engine", daemon=True)
         self._thread.start()
 
-    def submit(self, job: Job) -> None:
-        """Queue a job or raise QueueFull (429) / Unavailable (503)."""
+    def submit(self, gen: Generation) -> None:
+        """Queue a generation, or raise QueueFull / Unavailable."""
         with self._cond:
             if self._stopping:
-                raise Unavailable("the server is shutting down")
-            free = self.batch.capacity - self._active_images
-            if self._queued_images + job.n > self.max_queue_images + free:
+                raise Unavailable("the server is shutting down", retry_after=5)
+            free = self.batch.capacity - len(self.batch)
+            if self._queued_images + gen.n > self.plan.max_queue_images + free:
                 raise QueueFull(
                     f"queue full: {self._queued_images} images waiting, limit max_queue_images="
-                    f"{self.max_queue_images}", retry_after=self.retry_after(job.n))
-            self._pending.append(job)
-            self._queued_images += job.n
-            position = self._queued_images - job.n
+                    f"{self.plan.max_queue_images}", retry_after=self._admission_wait(gen.n))
+            self._pending.append(gen)
+            position = self._queued_images
+            self._queued_images += gen.n
             self.metrics.queue_images.set(self._queued_images)
             self._cond.notify()
-        job.emit(Event("queued", {"position": position}))
+        gen.emit(Queued(position=position))
 
-    def cancel(self, job: Job) -> None:
-        """Free the job's rows at the next step (the client went away)."""
-        job.cancelled = True
+    def cancel(self, gen: Generation) -> None:
+        """Free the generation's rows at the next step (the client went away)."""
+        gen.cancelled = True
         with self._cond:
             self._cond.notify()
 
-    def retry_after(self, n: int = 1) -> float:
-        """Seconds until about ``n`` more images could start, from the queue and the step time."""
-        per_image = self._step_time * self.model.config.sampling.steps / max(self.batch.capacity, 1)
-        return max(1.0, math.ceil((self._queued_images + n) * per_image))
+    def _admission_wait(self, n: int) -> float:
+        """Seconds until a request of ``n`` images would be admitted (caller holds ``_cond``).
+
+        A replay of the work ahead: each slot frees when its row's remaining steps are done,
+        and queued images take slots FIFO as they free, each for its own steps. A request is
+        admitted once the queue has room for it, i.e. after the first ``excess`` queued images
+        have left the queue for a slot. Steps are turned into seconds by the measured time of
+        one iteration, which at a full queue is the time of a full batch.
+        """
+        capacity = self.batch.capacity
+        free_at = [r.steps - r.step for r in list(self.batch.rows)]  # steps until each busy slot frees
+        free_at += [0] * (capacity - len(free_at))
+        heapq.heapify(free_at)
+        excess = self._queued_images + n - self.plan.max_queue_images
+        wait_steps = 0
+        for gen in list(self._pending):
+            for _ in range(gen.n - gen.admitted):
+                if excess <= 0:
+                    break
+                wait_steps = heapq.heappop(free_at)
+                heapq.heappush(free_at, wait_steps + gen.steps)
+                excess -= 1
+        return max(1.0, math.ceil(wait_steps * self._step_time))
 
     @property
     def idle(self) -> bool:
@@ -177,11 +151,11 @@ class Engine:
             return not self._pending and not self._running
 
     @property
-    def queued_images(self) -> int:
-        return self._queued_images
+    def alive(self) -> bool:
+        return self._thread is not None and self._thread.is_alive()
 
     def stop(self, timeout: float = 5.0) -> None:
-        """Stop the worker; jobs still waiting or running fail with 503."""
+        """Stop the worker; generations still waiting or running fail with Unavailable."""
         with self._cond:
             self._stopping = True
             self._cond.notify()
@@ -189,10 +163,6 @@ class Engine:
             self._thread.join(timeout)
 
     # ---- the worker thread ----
-
-    @property
-    def alive(self) -> bool:
-        return self._thread is not None and self._thread.is_alive()
 
     def _run(self) -> None:
         torch.set_grad_enabled(False)
@@ -203,66 +173,71 @@ class Engine:
                 if self._stopping:
                     break
             try:
-                self._reap()
-                self._admit()
-                if len(self.batch):
-                    self._iterate()
+                self._iteration()
             except Exception as exc:  # a bug here must not leave every later request hanging
                 log.exception("engine iteration failed; failing the requests it held")
-                for job in list(dict.fromkeys([*self._running, *self._pending])):
-                    self._fail(job, SamplingFailed(f"internal error: {type(exc).__name__}: {exc}"))
-        for job in list(dict.fromkeys([*self._running, *self._pending])):
-            self._fail(job, Unavailable("the server is shutting down"))
+                self._fail_all(SamplingFailed(f"internal error: {type(exc).__name__}: {exc}"))
+        self._fail_all(Unavailable("the server is shutting down", retry_after=5))
 
-    def _fail(self, job: Job, error: EngineError) -> None:
-        for row in job.rows:
-            self.batch.remove(row)
-        job.rows.clear()
+    def _iteration(self) -> None:
+        self._reap()
+        self._admit()
+        if len(self.batch):
+            self._step()
+
+    def _live(self) -> list[Generation]:
         with self._cond:
-            if job in self._running:
-                self._running.remove(job)
-            if job in self._pending:
-                self._pending.remove(job)
-                self._queued_images -= job.n - job.admitted
-            self._active_images = len(self.batch)
+            return list(dict.fromkeys([*self._running, *self._pending]))  # a generation can be in both
+
+    def _fail_all(self, error: ServingError) -> None:
+        for gen in self._live():
+            self._fail(gen, error)
+
+    def _fail(self, gen: Generation, error: ServingError) -> None:
+        for row in gen.rows:
+            self.batch.remove(row)
+        gen.rows.clear()
+        with self._cond:
+            if gen in self._running:
+                self._running.remove(gen)
+            if gen in self._pending:
+                self._pending.remove(gen)
+                self._queued_images -= gen.n - gen.admitted
         self._update_gauges()
-        job.finished = time.monotonic()
-        job.emit(Event("error", {"error": error}))
+        gen.finished = time.monotonic()
+        gen.emit(Failed(error))
 
     def _reap(self) -> None:
         now = time.monotonic()
-        with self._cond:
-            jobs = list(dict.fromkeys([*self._running, *self._pending]))  # a job can be in both
-        for job in jobs:
-            if job.cancelled:
-                self._fail(job, Cancelled("the client closed the connection"))
-            elif now > job.deadline:
-                self._fail(job, DeadlineExceeded(
-                    f"deadline passed after {now - job.created:.1f}s at step {job.step} of {job.steps}"))
+        for gen in self._live():
+            if gen.cancelled:
+                self._fail(gen, Cancelled("the client closed the connection"))
+            elif now > gen.deadline:
+                self._fail(gen, DeadlineExceeded(
+                    f"deadline passed after {now - gen.created:.1f}s at step {gen.step} of {gen.steps}"))
 
     def _admit(self) -> None:
         with self._cond:
             while self._pending and self.batch.free:
-                job = self._pending[0]
-                if job.admitted == 0:
-                    job.started = time.monotonic()
-                    self.metrics.queue_wait.observe(job.started - job.created)
-                    self._running.append(job)
-                take = min(self.batch.free, job.n - job.admitted)
-                for i in range(job.admitted, job.admitted + take):
-                    job.rows.append(self.batch.add(job.specs[i], tag=(job, i)))
-                job.admitted += take
+                gen = self._pending[0]
+                if gen.admitted == 0:
+                    gen.started = time.monotonic()
+                    self.metrics.queue_wait.observe(gen.started - gen.created)
+                    self._running.append(gen)
+                take = min(self.batch.free, gen.n - gen.admitted)
+                for i in range(gen.admitted, gen.admitted + take):
+                    gen.rows.append(self.batch.add(gen.specs[i], tag=(gen, i)))
+                gen.admitted += take
                 self._queued_images -= take
-                if job.admitted == job.n:
+                if gen.admitted == gen.n:
                     self._pending.popleft()
-            self._active_images = len(self.batch)
         self._update_gauges()
 
     def _update_gauges(self) -> None:
         self.metrics.queue_images.set(self._queued_images)
-        self.metrics.active_images.set(self._active_images)
+        self.metrics.active_images.set(len(self.batch))
 
-    def _iterate(self) -> None:
+    def _step(self) -> None:
         rows = len(self.batch)
         start = time.perf_counter()
         try:
@@ -270,8 +245,8 @@ class Engine:
         except Exception as exc:  # e.g. out of memory: fail this batch's requests, keep serving
             log.exception("network call failed; failing the %d requests in this batch", len(self._running))
             error = SamplingFailed(f"sampling failed: {type(exc).__name__}: {exc}")
-            for job in list(self._running):
-                self._fail(job, error)
+            for gen in list(self._running):
+                self._fail(gen, error)
             if torch.cuda.is_available():
                 torch.cuda.empty_cache()
             return
@@ -280,39 +255,37 @@ class Engine:
         self.metrics.batch_size.observe(rows)
         self.metrics.step_duration.observe(elapsed)
         for row in finished:
-            job, index = row.tag
-            job.rows.remove(row)
-            job.images[index] = row.image
-            job.images_done += 1
+            gen, index = row.tag
+            gen.rows.remove(row)
+            gen.images[index] = row.image
+            gen.images_done += 1
             self.metrics.images.inc()
-            if job.progress:
-                job.emit(Event("image", {"index": index, "seed": row.spec.seed, "image": row.image}))
+            if gen.progress:
+                assert row.image is not None
+                gen.emit(ImageReady(index=index, seed=row.spec.seed, image=row.image))
         now = time.monotonic()
-        for job in list(self._running):
-            if job.images_done == job.n:
-                self._complete(job, now)
-            elif job.progress:
-                self._report_progress(job, now)
+        for gen in list(self._running):
+            if gen.images_done == gen.n:
+                self._complete(gen, now)
+            elif gen.progress:
+                self._report_progress(gen, now)
         if finished:
-            with self._cond:
-                self._active_images = len(self.batch)
             self._update_gauges()
 
-    def _complete(self, job: Job, now: float) -> None:
+    def _complete(self, gen: Generation, now: float) -> None:
         with self._cond:
-            self._running.remove(job)
-        job.finished = now
-        job.emit(Event("done", {"images": job.images}))
+            self._running.remove(gen)
+        gen.finished = now
+        gen.emit(Done([image for image in gen.images if image is not None]))
 
-    def _report_progress(self, job: Job, now: float) -> None:
-        step = job.step
-        data: dict[str, Any] = {"step": step, "steps": job.steps, "images_done": job.images_done, "n": job.n}
-        preview_due = job.preview_every > 0 and job.rows and step - job.last_preview_step >= job.preview_every
-        if preview_due:
-            job.last_preview_step = step
-            data["preview"] = {i: image for (_, i), image in
-                               zip((r.tag for r in job.rows), self.batch.preview(job.rows), strict=True)}
-        elif now - job.last_progress < self.progress_interval_s:
+    def _report_progress(self, gen: Generation, now: float) -> None:
+        step = gen.step
+        previews: dict[int, np.ndarray] = {}
+        if gen.preview_every > 0 and gen.rows and step - gen.last_preview_step >= gen.preview_every:
+            gen.last_preview_step = step
+            indices = [index for _, index in (r.tag for r in gen.rows)]
+            previews = dict(zip(indices, self.batch.preview(gen.rows), strict=True))
+        elif now - gen.last_progress < self.plan.progress_interval_s:
             return
-        job.last_progress = now
-        job.emit(Event("progress", data))
+        gen.last_progress = now
+        gen.emit(Progress(step=step, steps=gen.steps, images_done=gen.images_done, n=gen.n, previews=previews))

@@ -1,4 +1,4 @@
-"""HTTP plumbing: request IDs, the body-size limit, request counting, API keys, 422 messages, SSE."""
+"""HTTP plumbing below the routes: request IDs, the body-size limit, request counting, API keys, SSE."""
 
 from __future__ import annotations
 
@@ -10,11 +10,9 @@ import time
 import uuid
 from typing import Any
 
-from fastapi import HTTPException, Request
-from fastapi.exceptions import RequestValidationError
+from fastapi import HTTPException
 from fastapi.responses import JSONResponse
-from fastapi.security import HTTPAuthorizationCredentials
-from starlette.datastructures import MutableHeaders
+from starlette.datastructures import Headers, MutableHeaders
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from .metrics import Metrics
@@ -22,6 +20,7 @@ from .metrics import Metrics
 log = logging.getLogger("ddpm.http")
 _SAFE_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
 COUNTED_PATHS = ("/generate", "/generate/stream")
+PROTECTED_PREFIXES = ("/generate", "/v1/")  # health, metrics, the page and the docs stay open
 
 
 class RequestContext:
@@ -30,7 +29,9 @@ class RequestContext:
     - every response carries ``X-Request-ID`` (the client's, when it sent a sane one);
     - a body over ``max_body_bytes`` gets 413, by its Content-Length or, for a chunked body,
       as soon as the bytes received pass the limit;
-    - every ``/generate`` request is counted by final status and sampler.
+    - every ``/generate`` request is counted by the outcome the client saw and its sampler: the
+      HTTP status, or for a stream that already answered 200, the status of its ``error`` event
+      (a handler records it as ``request.state.outcome``).
     """
 
     def __init__(self, app: ASGIApp, *, max_body_bytes: int, metrics: Metrics) -> None:
@@ -84,38 +85,36 @@ class RequestContext:
         finally:
             if scope["path"] in COUNTED_PATHS and scope["method"] == "POST":
                 sampler = state.get("sampler", "none")
-                self.metrics.requests.labels(status=str(status["code"]), sampler=sampler).inc()
+                outcome = state.get("outcome", status["code"])
+                self.metrics.requests.labels(status=str(outcome), sampler=sampler).inc()
                 log.info("request_id=%s %s status=%d sampler=%s seconds=%.3f", request_id, scope["path"],
-                         status["code"], sampler, time.perf_counter() - start)
+                         outcome, sampler, time.perf_counter() - start)
 
 
-def check_api_key(keys: frozenset[str], credentials: HTTPAuthorizationCredentials | None) -> None:
-    """401 unless keys are off or the Bearer token is one of them (compared in constant time)."""
-    if not keys:
-        return
-    token = credentials.credentials if credentials is not None else ""
-    if not any(hmac.compare_digest(token.encode(), key.encode()) for key in keys):
-        raise HTTPException(401, "missing or invalid API key (Authorization: Bearer <key>)",
-                            headers={"WWW-Authenticate": "Bearer"})
+class ApiKeyAuth:
+    """Pure ASGI middleware: 401 for a protected path without one of ``keys`` as its Bearer token.
 
+    It runs before routing and body parsing, so a request without a key is told so even when
+    its body is malformed (a 422 would leak the schema to an unauthenticated client). Keys are
+    compared in constant time.
+    """
 
-def _plain(value: Any) -> Any:
-    return value if isinstance(value, str | int | float | bool) or value is None else str(value)
+    def __init__(self, app: ASGIApp, *, keys: frozenset[str]) -> None:
+        self.app = app
+        self.keys = [key.encode() for key in keys]
 
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and scope["path"].startswith(PROTECTED_PREFIXES) and not self._allowed(scope):
+            response = JSONResponse({"detail": "missing or invalid API key (Authorization: Bearer <key>)"},
+                                    status_code=401, headers={"WWW-Authenticate": "Bearer"})
+            await response(scope, receive, send)
+            return
+        await self.app(scope, receive, send)
 
-async def validation_error(request: Request, exc: Exception) -> JSONResponse:
-    """422 whose every entry names the field, and the limit it broke, in its message."""
-    assert isinstance(exc, RequestValidationError)
-    errors = []
-    for error in exc.errors():
-        loc = [_plain(p) for p in error.get("loc", ())]
-        field = ".".join(str(p) for p in loc if p != "body") or "body"
-        entry = {"loc": loc, "field": field, "msg": f"{field}: {error.get('msg', 'invalid')}",
-                 "type": error.get("type", "")}
-        if error.get("ctx"):
-            entry["ctx"] = {k: _plain(v) for k, v in error["ctx"].items()}
-        errors.append(entry)
-    return JSONResponse({"detail": errors}, status_code=422)
+    def _allowed(self, scope: Scope) -> bool:
+        scheme, _, token = Headers(scope=scope).get("authorization", "").partition(" ")
+        given = token.strip().encode() if scheme.lower() == "bearer" else b""
+        return any(hmac.compare_digest(given, key) for key in self.keys)
 
 
 def sse(event: str, data: Any) -> bytes:

@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+if TYPE_CHECKING:
+    from model import DiffusionModel
 
 # Requests can wait in a queue and run 1000 steps: latency buckets reach ten minutes.
 LATENCY_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 600.0)
@@ -34,3 +39,11 @@ class Metrics:
         self.model_info = Gauge(
             "ddpm_model_info", "The loaded model (value 1)",
             ["name", "image_size", "channels", "classes", "timesteps", "device", "dtype"], registry=r)
+
+    def publish_model(self, name: str, model: DiffusionModel) -> None:
+        c = model.config
+        self.model_info.labels(
+            name=name, image_size=str(c.image_size), channels=str(c.channels),
+            classes=str(c.num_classes or 0), timesteps=str(c.diffusion.num_timesteps),
+            device=str(model.device), dtype=str(model.dtype).removeprefix("torch."),
+        ).set(1)

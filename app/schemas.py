@@ -1,19 +1,44 @@
 """The HTTP contract: request and response bodies.
 
-The request model is built once per server from the checkpoint's config and the settings, so
-the bounds that the OpenAPI schema shows are exactly the bounds that are enforced, by one
+The request model is built once per server from the checkpoint's config and the runtime plan,
+so the bounds that the OpenAPI schema shows are exactly the bounds that are enforced, by one
 mechanism (pydantic), and a 422 names the field and the limit it broke.
+
+Numbers are JSON numbers: a string or a boolean where the schema says integer or number is
+refused, never coerced ("4", true). A number with no fractional part (4.0, 1e2) IS an integer:
+JSON Schema says so, and so does every generated client that writes numbers as doubles.
 """
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, create_model, field_validator
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, create_model, field_validator
 
-from model import MAX_SEED, SAMPLERS, ModelConfig
+from model import SAMPLERS, ModelConfig
+
+from .generation import MAX_SEED, GenerationParams
+from .runtime import RuntimePlan
 
 ResponseFormat = Literal["png", "base64"]
+
+
+def _json_number(value: Any) -> Any:
+    if isinstance(value, str | bool):
+        raise ValueError(f"Input should be a JSON number, not {type(value).__name__}")
+    return value
+
+
+JsonInt = Annotated[int, BeforeValidator(_json_number)]
+JsonFloat = Annotated[float, BeforeValidator(_json_number)]
+
+
+def bounded(base: type[int] | type[float], **constraints: Any) -> Any:
+    """A JSON number of type ``base`` within ``constraints`` (floats also finite). The bounds come
+    before the validator, so that the OpenAPI schema shows them as minimum and maximum."""
+    if base is float:
+        constraints.setdefault("allow_inf_nan", False)
+    return Annotated[base, Field(**constraints), BeforeValidator(_json_number)]
 
 
 class GenerateRequest(BaseModel):
@@ -32,11 +57,15 @@ class GenerateRequest(BaseModel):
     timeout_s: float | None = None
     preview_every: int = 0
 
+    def params(self) -> GenerationParams:
+        return GenerationParams(n=self.n, seed=self.seed, steps=self.steps, sampler=self.sampler, eta=self.eta,
+                                label=self.label, guidance=self.guidance, timeout_s=self.timeout_s,
+                                preview_every=self.preview_every)
 
-def request_model(
-    config: ModelConfig, *, max_images: int, max_steps: int, max_guidance: float
-) -> type[GenerateRequest]:
+
+def request_model(config: ModelConfig, plan: RuntimePlan, *, max_guidance: float) -> type[GenerateRequest]:
     """The request body with this server's bounds."""
+    max_images, max_steps = plan.admissible_images, plan.max_steps
     classes = config.num_classes
     sampler_type: Any = Literal[tuple(SAMPLERS)]
 
@@ -46,27 +75,25 @@ def request_model(
         return value
 
     fields: dict[str, Any] = {
-        "n": (int, Field(1, ge=1, le=max_images, description="images in this request (n > 1 with png: one grid)")),
-        "steps": (int | None, Field(None, ge=1, le=max_steps,
-                                    description=f"reverse-process steps; null: {config.sampling.steps}")),
-        "sampler": (sampler_type | None, Field(None, description=f"null: {config.sampling.sampler}")),
-        "eta": (float | None, Field(None, ge=0, le=1, allow_inf_nan=False, description="DDIM stochasticity")),
-        "seed": (int | None, Field(None, ge=0, le=MAX_SEED,
-                                   description="image i uses seed + i; null: the server draws one")),
-        "label": (int | None, Field(
-            None, ge=0, le=(classes - 1) if classes else None,
-            description=(f"class in 0..{classes - 1}; null: unconditional" if classes
-                         else "this model is unconditional: null"))),
-        "guidance": (float | None, Field(
-            None, ge=0, le=max_guidance, allow_inf_nan=False,
-            description=f"classifier-free guidance w: eps = (1+w) eps_c - w eps_u; null: {config.sampling.guidance}",
-        )),
+        "n": (bounded(int, ge=1, le=max_images),
+              Field(1, description="images in this request (n > 1 with png: one grid)")),
+        "steps": (bounded(int, ge=1, le=max_steps) | None,
+                  Field(None, description=f"reverse-process steps; null: {plan.default_steps}")),
+        "sampler": (sampler_type | None, Field(None, description=f"null: {plan.default_sampler}")),
+        "eta": (bounded(float, ge=0, le=1) | None, Field(None, description="DDIM stochasticity")),
+        "seed": (bounded(int, ge=0, le=MAX_SEED) | None,
+                 Field(None, description="image i uses seed + i; null: the server draws one")),
+        "label": (bounded(int, ge=0, le=(classes - 1) if classes else None) | None, Field(
+            None, description=(f"class in 0..{classes - 1}; null: unconditional" if classes
+                               else "this model is unconditional: null"))),
+        "guidance": (bounded(float, ge=0, le=max_guidance) | None, Field(None, description=(
+            f"classifier-free guidance w: eps = (1+w) eps_c - w eps_u; null: {config.sampling.guidance}"))),
         "response_format": (ResponseFormat, Field("png", description="png: image/png; base64: JSON")),
         # At least a second: a shorter deadline cannot cover even the HTTP round trip on a busy server.
-        "timeout_s": (float | None, Field(None, ge=1.0, allow_inf_nan=False,
-                                          description="deadline for this request in seconds, capped by the server's")),
-        "preview_every": (int, Field(0, ge=0, le=max_steps,
-                                     description="stream only: send the x0 prediction every k steps; 0: never")),
+        "timeout_s": (bounded(float, ge=1.0) | None,
+                      Field(None, description="deadline for this request in seconds, capped by the server's")),
+        "preview_every": (bounded(int, ge=0, le=max_steps),
+                          Field(0, description="stream only: send the x0 prediction every k steps; 0: never")),
     }
     return create_model(
         "GenerateRequestBody",

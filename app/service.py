@@ -1,8 +1,10 @@
-"""The serving state: settings, model, engine, readiness and draining.
+"""The serving state's life cycle: load, warm up, ready, drain, close.
 
-The checkpoint's config is read at once (a missing or corrupt file stops the start with a
-clear error, and the request schema needs its bounds); the weights load, and the engine warms
-up, on a background thread so that ``/healthz`` answers while ``/readyz`` still says 503.
+``Service.open`` loads and checks the model before the port opens, so a checkpoint or a
+setting that cannot serve stops the start with one line (``ddpm serve`` exits 2). Warm-up (and
+compilation, when on) runs on a background thread, so ``/healthz`` answers while ``/readyz``
+still says 503; a failure there is reported through ``on_fatal`` so the process exits instead
+of lingering unready.
 """
 
 from __future__ import annotations
@@ -11,118 +13,102 @@ import logging
 import os
 import threading
 import time
-from typing import Any
+from collections.abc import Callable
+from pathlib import Path
 
 import torch
 
-from model import DiffusionModel, NoiseSchedule, RowSpec, load_checkpoint, read_config
-from model.device import configure_threads, rows_that_fit
+from model import DiffusionModel, RowSpec, load_checkpoint
+from model.device import configure_threads
 from model.pipeline import EMBEDDED_CHECKPOINT
-from model.runner import Denoiser, default_buckets
-from model.unet import count_parameters
 
 from .engine import Engine
+from .errors import Unavailable
 from .metrics import Metrics
+from .runtime import RuntimePlan
 from .settings import Settings
 
 log = logging.getLogger("ddpm.service")
+RETRY_WHILE_UNAVAILABLE_S = 5
 
 
 class Service:
-    def __init__(self, settings: Settings, model: DiffusionModel | None = None) -> None:
+    def __init__(self, settings: Settings, model: DiffusionModel, checkpoint: Path) -> None:
         self.settings = settings
-        self.checkpoint = settings.checkpoint or EMBEDDED_CHECKPOINT
-        self.config = model.config if model is not None else read_config(self.checkpoint)
-        self.metrics = Metrics()
         self.model = model
-        self.engine: Engine | None = None
+        self.checkpoint = checkpoint
+        self.name = settings.model_name or model.config.name
+        threads = (configure_threads(settings.threads, model.gflops_per_image) if model.device.type == "cpu"
+                   else torch.get_num_threads())
+        self.plan = RuntimePlan.resolve(settings, model, threads)
+        self.metrics = Metrics()
+        self.engine = Engine(model, self.plan, self.metrics)
         self.ready = threading.Event()
         self.draining = False
-        self.load_error: str | None = None
-        self.load_seconds: float | None = None
+        self.failure: str | None = None  # why warm-up failed, once it has
+        self.on_fatal: Callable[[str], None] | None = None
+        self.load_seconds = 0.0
         self.warmup_seconds: float | None = None
-        self.max_batch = settings.max_batch or 64  # final once the model is on its device
-        T = self.config.diffusion.num_timesteps
-        self.max_steps = min(settings.max_steps or T, T)
-        self.default_steps = min(settings.default_steps or self.config.sampling.steps, self.max_steps)
-        self.default_sampler = settings.default_sampler or self.config.sampling.sampler
-        self.alphas_cumprod = NoiseSchedule.from_config(self.config.diffusion).f64.alphas_cumprod.tolist()
+
+    @classmethod
+    def open(cls, settings: Settings, model: DiffusionModel | None = None) -> Service:
+        """Load the model (or take ``model`` as built) and resolve the runtime plan; raises on any error."""
+        start = time.perf_counter()
+        checkpoint = Path(settings.checkpoint or EMBEDDED_CHECKPOINT)
+        if model is None:
+            model = load_checkpoint(checkpoint, device=settings.device, dtype=settings.dtype,
+                                    channels_last=settings.channels_last)
+        service = cls(settings, model, checkpoint)
+        service.load_seconds = time.perf_counter() - start
+        auth = f"on ({len(settings.keys)} keys)" if settings.keys else "off"
+        log.info("loaded %s: %s on %s (%s), %d threads, max_batch %d, authentication %s", checkpoint,
+                 service.name, model.device, str(model.dtype).removeprefix("torch."), service.plan.threads,
+                 service.plan.max_batch, auth)
+        return service
 
     # ---- start-up ----
 
     def start(self) -> None:
-        threading.Thread(target=self._load, name="ddpm-load", daemon=True).start()
+        threading.Thread(target=self._warm_up_and_start, name="ddpm-warmup", daemon=True).start()
 
-    def _load(self) -> None:
+    def _warm_up_and_start(self) -> None:
         try:
             start = time.perf_counter()
-            s = self.settings
-            if self.model is None:
-                self.model = load_checkpoint(self.checkpoint, device=s.device, dtype=s.dtype,
-                                             channels_last=s.channels_last)
-            model = self.model
-            if model.device.type == "cpu":
-                configure_threads(s.threads, model.gflops_per_image)
-            self.max_batch = s.max_batch or self._default_max_batch(model)
-            if s.compile:
-                if s.compile_cache_dir:
-                    os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", str(s.compile_cache_dir))
-                rows = self.max_batch * (2 if model.config.num_classes else 1)  # guidance doubles rows
-                model.denoiser = Denoiser(model.unet, dtype=model.dtype, channels_last=model.denoiser.channels_last,
-                                          compile=True, buckets=default_buckets(rows))
-            self.engine = Engine(
-                model,
-                max_batch=self.max_batch,
-                max_queue_images=s.max_queue_images,
-                metrics=self.metrics,
-                progress_interval_s=s.progress_interval_s,
-                max_steps=self.max_steps,
-            )
-            self._warm_up(model)
+            self._warm_up()
             self.engine.start()
-            self.load_seconds = time.perf_counter() - start
-            self._publish_info(self.model)
+            self.warmup_seconds = time.perf_counter() - start
+            self.metrics.publish_model(self.name, self.model)
             self.ready.set()
-            log.info("ready: %s on %s (%s) in %.1fs", self.config.name, self.model.device,
-                     str(self.model.dtype).removeprefix("torch."), self.load_seconds)
+            log.info("ready in %.1fs (warm-up %.1fs)", self.load_seconds + self.warmup_seconds, self.warmup_seconds)
         except Exception as exc:
-            self.load_error = f"{type(exc).__name__}: {exc}"
-            log.exception("loading the model failed")
+            self.failure = f"warm-up failed: {type(exc).__name__}: {exc}"
+            log.error("%s", self.failure)
+            if self.on_fatal is not None:
+                self.on_fatal(self.failure)
 
-    def _default_max_batch(self, model: DiffusionModel) -> int:
-        if model.device.type != "cuda":
-            return 64
-        c = model.config
-        shape = (c.channels, c.image_size, c.image_size)
-
-        def probe(rows: int) -> None:
-            model.denoiser(torch.zeros((rows, *shape), device=model.device),
-                           torch.zeros(rows, dtype=torch.long, device=model.device),
-                           torch.zeros(rows, dtype=torch.long, device=model.device) if c.num_classes else None)
-
-        fit = rows_that_fit(probe, model.device)
-        return max(1, fit // (2 if c.num_classes else 1))
-
-    def _warm_up(self, model: DiffusionModel) -> None:
+    def _warm_up(self) -> None:
         """Run every code path once (allocations, kernels, compiled graphs) before reporting ready."""
-        c = model.config
-        self.warmup_seconds = model.denoiser.warm_up((c.channels, c.image_size, c.image_size),
-                                                     conditional=c.num_classes is not None)
+        model, plan = self.model, self.plan
+        if plan.buckets is not None:
+            if self.settings.compile_cache_dir:
+                os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", str(self.settings.compile_cache_dir))
+            model.denoiser.compile(plan.buckets)
+        model.denoiser.warm_up(model.image_shape, conditional=plan.conditional)
         batch = model.row_batch(2, max_steps=2)
-        labels = [0, None] if model.config.num_classes else [None, None]
+        labels = [0, None] if plan.conditional else [None, None]
         for seed, label in enumerate(labels):
-            batch.add(RowSpec(plan=model.plan(self.default_sampler, 2), seed=seed, label=label,
+            batch.add(RowSpec(plan=model.plan(plan.default_sampler, 2), seed=seed, label=label,
                               guidance=1.0 if label is not None else 0.0))
         while len(batch):
             batch.step()
 
-    def _publish_info(self, model: DiffusionModel) -> None:
-        c = self.config
-        self.metrics.model_info.labels(
-            name=c.name, image_size=str(c.image_size), channels=str(c.channels),
-            classes=str(c.num_classes or 0), timesteps=str(c.diffusion.num_timesteps),
-            device=str(model.device), dtype=str(model.dtype).removeprefix("torch."),
-        ).set(1)
+    def check_accepting(self) -> None:
+        """Raise Unavailable unless new generations can be taken now."""
+        if self.draining:
+            raise Unavailable("draining: the server is shutting down", retry_after=RETRY_WHILE_UNAVAILABLE_S)
+        if not self.ready.is_set():
+            raise Unavailable(f"not ready: {self.failure or 'the model is warming up'}",
+                              retry_after=RETRY_WHILE_UNAVAILABLE_S)
 
     # ---- shutdown ----
 
@@ -130,53 +116,10 @@ class Service:
         """Stop taking requests and wait (blocking) until in-flight ones finish; True if they did."""
         self.draining = True
         deadline = time.monotonic() + timeout
-        while self.engine is not None and not self.engine.idle and time.monotonic() < deadline:
+        while not self.engine.idle and time.monotonic() < deadline:
             time.sleep(0.05)
-        return self.engine is None or self.engine.idle
+        return self.engine.idle
 
     def close(self) -> None:
-        if self.engine is not None:
-            self.engine.stop()
-
-    # ---- the model card ----
-
-    def card(self) -> dict[str, Any]:
-        c, s = self.config, self.settings
-        model = self.model
-        return {
-            "name": c.name,
-            "image_size": c.image_size,
-            "channels": c.channels,
-            "num_classes": c.num_classes,
-            "class_names": list(c.class_names) if c.class_names else None,
-            "timesteps": c.diffusion.num_timesteps,
-            "schedule": c.diffusion.schedule,
-            "prediction": c.diffusion.prediction,
-            "variance": c.diffusion.variance,
-            "parameters": count_parameters(model.unet) if model else None,
-            "device": str(model.device) if model else None,
-            "dtype": str(model.dtype).removeprefix("torch.") if model else None,
-            "runner": {
-                "channels_last": model.denoiser.channels_last,
-                "compiled": model.denoiser.compiled,
-                "buckets": model.denoiser.buckets,
-                "threads": torch.get_num_threads(),
-                "warmup_seconds": self.warmup_seconds,
-                "load_seconds": self.load_seconds,
-            } if model else None,
-            "samplers": ["ddpm", "ddim", "dpmpp_2m"],
-            "defaults": {"sampler": self.default_sampler, "steps": self.default_steps, "eta": c.sampling.eta,
-                         "guidance": c.sampling.guidance, "spacing": c.sampling.spacing},
-            "limits": {
-                "max_images_per_request": s.admissible_images,
-                "max_steps": self.max_steps,
-                "max_batch": self.max_batch,
-                "max_queue_images": s.max_queue_images,
-                "max_guidance": s.max_guidance,
-                "request_timeout_s": s.request_timeout_s,
-                "max_body_bytes": s.max_body_bytes,
-            },
-            "auth": bool(s.keys),
-            "ready": self.ready.is_set(),
-            "provenance": c.provenance,
-        }
+        """Stop the engine: whatever still waits or runs fails with Unavailable (503)."""
+        self.engine.stop()

@@ -8,22 +8,30 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, field_validator
+from pydantic import Field, ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from model.device import DtypeName
+from model.modes import SamplerName
+
+ENV_PREFIX = "DDPM_"
 
 
 class Settings(BaseSettings):
     # An empty variable (DDPM_CHECKPOINT= in a compose file) means "unset", not "" or ".".
-    model_config = SettingsConfigDict(env_prefix="DDPM_", extra="ignore", env_ignore_empty=True)
+    model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, extra="ignore", env_ignore_empty=True)
 
     # The model
     checkpoint: Path | None = Field(None, description="a .safetensors checkpoint; empty: the embedded digits model")
+    model_name: str | None = Field(None, min_length=1, max_length=128,
+                                   description="the name served in /v1/model, metrics and the OpenAI API; "
+                                   "empty: the checkpoint's own name")
     device: str = Field("auto", description="auto (CUDA when present, else CPU), cpu, cuda, cuda:N")
-    dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field(
+    dtype: DtypeName = Field(
         "auto", description="network precision; auto: bf16 on a GPU (fp16 where it lacks bf16); on a CPU "
                 "bf16 where it runs natively and the network needs >= 1 GFLOP per image, else fp32")
-    channels_last: bool = Field(True, description="channels_last memory format (measured as fast or "
-                                  "faster than contiguous at serving batch sizes)")
+    channels_last: bool = Field(True, description="channels_last memory format (docs/benchmarks.md: as fast "
+                                  "or faster than contiguous at serving batch sizes)")
     compile: bool = Field(False, description="torch.compile the network, one graph per batch bucket "
                                              "(slower start, faster steps)")
     compile_cache_dir: Path | None = Field(None, description="where compiled kernels are cached across restarts")
@@ -38,7 +46,7 @@ class Settings(BaseSettings):
                                         "max_batch + max_queue_images, which is all a request can be admitted to)")
     max_steps: int | None = Field(None, ge=1, description="largest steps of one request; empty: the model's T")
     default_steps: int | None = Field(None, ge=1, description="empty: the checkpoint's default")
-    default_sampler: str | None = Field(None, description="empty: the checkpoint's default")
+    default_sampler: SamplerName | None = Field(None, description="empty: the checkpoint's default")
     max_guidance: float = Field(50.0, ge=0, description="largest classifier-free guidance weight")
     request_timeout_s: float = Field(300.0, gt=0, description="deadline of a request; a request may ask for less")
     drain_timeout_s: float = Field(30.0, ge=0, description="on SIGTERM, how long in-flight requests may finish")
@@ -48,28 +56,42 @@ class Settings(BaseSettings):
     host: str = "0.0.0.0"
     port: int = Field(8000, ge=0, le=65535)
     max_body_bytes: int = Field(16 * 1024, ge=256, description="request bodies above this get 413")
-    api_keys: str = Field("", description="comma-separated Bearer tokens; empty: no authentication")
+    api_keys: str = Field("", description="comma-separated Bearer tokens; unset or empty: no authentication; "
+                          "set but holding no key (\",\" or \" \"): a start-up error, never silently open")
     log_format: Literal["text", "json"] = "text"
     log_level: str = "info"
 
-    @field_validator("default_sampler")
+    @field_validator("api_keys")
     @classmethod
-    def _known_sampler(cls, value: str | None) -> str | None:
-        from model.config import SAMPLERS
-
-        if value is not None and value not in SAMPLERS:
-            raise ValueError(f"default_sampler={value!r} is not one of {', '.join(SAMPLERS)}")
+    def _keys_or_nothing(cls, value: str) -> str:
+        # A set variable that holds no key is a mistake (a template left half-filled); failing
+        # open would serve everyone, so it stops the start instead.
+        if value and not any(k.strip() for k in value.split(",")):
+            raise ValueError("is set but holds no key; unset it to turn authentication off")
         return value
-
-    @property
-    def admissible_images(self) -> int:
-        """The largest n a request may ask for: a request larger than the batch plus the queue
-        could never be admitted, so it is refused with a 422 naming this bound (not a 429 whose
-        Retry-After would never help)."""
-        if self.max_batch is None:
-            return self.max_images_per_request
-        return min(self.max_images_per_request, self.max_batch + self.max_queue_images)
 
     @property
     def keys(self) -> frozenset[str]:
         return frozenset(k.strip() for k in self.api_keys.split(",") if k.strip())
+
+    # ---- Connections (app/edge.py): what a server facing clients with no proxy in front needs ----
+    header_timeout_s: float = Field(10.0, gt=0, description="a connection must send a request's complete "
+                                    "headers within this, counted from accept or from the request's first byte")
+    keep_alive_timeout_s: int = Field(75, ge=1, description="an idle keep-alive connection is closed after "
+                                      "this; above nginx's 60 s keepalive_timeout, so nginx closes first")
+    body_grace_s: float = Field(5.0, ge=0, description="time a request body may take before "
+                                "min_body_bytes_per_s applies")
+    min_body_bytes_per_s: int = Field(1024, ge=1, description="after body_grace_s a body must keep arriving "
+                                      "at least this fast, else 408 and the connection is closed")
+    max_connections: int = Field(1000, ge=1, description="open connections at once; the excess gets 503 "
+                                 "with Connection: close")
+
+def settings_errors(exc: ValidationError) -> list[str]:
+    """One line per invalid setting, named as the operator wrote it: ``DDPM_DTYPE: ...``."""
+    lines = []
+    for error in exc.errors():
+        name = ENV_PREFIX + "_".join(str(p) for p in error["loc"]).upper()
+        given = error.get("input")
+        lines.append(f"{name}={given!r}: {error['msg']}" if isinstance(given, str | int | float) else
+                     f"{name}: {error['msg']}")
+    return lines

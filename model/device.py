@@ -6,17 +6,34 @@ import math
 import os
 from collections.abc import Callable
 from pathlib import Path
+from typing import Literal, get_args
 
 import torch
 
+DtypeName = Literal["auto", "float32", "bfloat16", "float16"]
+DTYPE_CHOICES: tuple[str, ...] = get_args(DtypeName)
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+class DeviceError(ValueError):
+    """A device that this machine does not have; the message names it and what there is."""
 
 
 def resolve_device(device: str | torch.device = "auto") -> torch.device:
     """"auto" is CUDA when there is one, else the CPU."""
     if str(device) == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(device)
+    try:
+        resolved = torch.device(device)
+    except (RuntimeError, TypeError) as exc:
+        raise DeviceError(f"device={str(device)!r} is not a device name (auto, cpu, cuda, cuda:N)") from exc
+    if resolved.type == "cuda":
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if count == 0:
+            raise DeviceError(f"device={str(device)!r}, but this machine has no CUDA device (use auto or cpu)")
+        if resolved.index is not None and resolved.index >= count:
+            raise DeviceError(f"device={str(device)!r}, but this machine has {count} CUDA device(s)")
+    return resolved
 
 
 def cpu_has_fast_bf16() -> bool:
@@ -28,13 +45,9 @@ def cpu_has_fast_bf16() -> bool:
 
 
 # Below this much work per image a CPU forward pass is bound by the fixed cost of each of its
-# few hundred operators, not by arithmetic (docs/benchmarks.md measures both kinds):
-#  - bf16 only adds conversions: the 0.05-GFLOP digits network runs 1.4-1.7x slower in bf16 at
-#    batch 1 and no faster at 16, while the 12-GFLOP CIFAR-10 network runs 1.5-1.9x faster;
-#  - a second thread only adds wake-ups: the digits network is as fast or faster on one
-#    thread up to batch 64 under PASSIVE OpenMP (spinning threads win only on idle cores), and
-#    next to a busy neighbour one thread is 1.1-1.7x faster than two PASSIVE threads and
-#    1.8-7x faster than two spinning ones.
+# few hundred operators, not by arithmetic, so bf16 only adds conversions and a second thread
+# only adds wake-ups. docs/benchmarks.md ("The embedded network: precision and threads") has
+# the measurements behind both rules, for the digits network and the paper's CIFAR-10 one.
 SMALL_NETWORK_GFLOPS = 1.0
 
 

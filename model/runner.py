@@ -65,14 +65,21 @@ class Denoiser:
         self._memory_format = torch.channels_last if channels_last else torch.contiguous_format
         self.unet.to(dtype=dtype)
         self.unet.to(memory_format=self._memory_format)  # type: ignore[call-overload]
-        self.compiled = compile
-        self.buckets = sorted(buckets) if buckets else None
+        self.compiled = False
+        self.buckets: list[int] | None = None
         self.compile_seconds = 0.0
         self._forward: Callable[..., torch.Tensor] = self.unet
         if compile:
-            self._forward = self._compile()
+            self.compile(buckets)
+        elif buckets:
+            self.buckets = sorted(buckets)
 
-    def _compile(self) -> Callable[..., torch.Tensor]:
+    def compile(self, buckets: Sequence[int] | None) -> None:
+        """Switch to torch.compile'd graphs, one per batch bucket; ``warm_up`` builds them.
+
+        A server decides this only once its batch size is known (on a GPU, after measuring
+        free memory with the eager network), so it is a step of the same object, not a new one.
+        """
         import torch._inductor.config as inductor
 
         # Freezing turns the weights into constants, so convolution weights are pre-packed
@@ -81,7 +88,9 @@ class Denoiser:
         cuda = self.device.type == "cuda"
         # On CUDA "reduce-overhead" captures one CUDA graph per bucket: the per-kernel launch
         # cost, large next to a small network's kernels, is paid once.
-        return torch.compile(self.unet, mode="reduce-overhead" if cuda else "default", dynamic=False)
+        self._forward = torch.compile(self.unet, mode="reduce-overhead" if cuda else "default", dynamic=False)
+        self.buckets = sorted(buckets) if buckets else None
+        self.compiled = True
 
     def bucket(self, n: int) -> int:
         """The padded batch size that ``n`` rows run at."""

@@ -16,6 +16,9 @@ import torch
 
 from model import DiffusionConfig, ModelConfig, SamplingConfig, UNet, UNetConfig, save_checkpoint
 
+# The run's last lines name each skipped suite and the command that enables it (tests/skipsummary.py).
+from .skipsummary import pytest_terminal_summary  # noqa: F401
+
 TINY_UNET = UNetConfig(
     image_size=8,
     in_channels=1,

@@ -8,7 +8,6 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
 
 import httpx
 import torch
@@ -16,7 +15,7 @@ import uvicorn
 from fastapi import FastAPI
 
 from app import Settings, create_app
-from model import DiffusionModel, load_checkpoint
+from model import DiffusionModel, UNet, load_checkpoint, read_checkpoint
 
 
 def free_port() -> int:
@@ -25,31 +24,32 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-class _Slowed:
-    """A Denoiser stand-in: the real one, plus a floor on each call's time and injected failures."""
+class _SlowUNet(UNet):
+    """The real network, plus a floor on each call's time and injected failures."""
 
-    def __init__(self, inner: Any, seconds: float, fail: Callable[[torch.Tensor], bool] | None) -> None:
-        self.inner, self.seconds, self.fail = inner, seconds, fail
+    seconds: float = 0.0
+    fail: Callable[[torch.Tensor], bool] | None = None
 
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self.inner, name)
-
-    def __call__(self, x: torch.Tensor, t: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, t: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
         start = time.perf_counter()
         if self.fail is not None and self.fail(x):
             raise RuntimeError("CUDA out of memory (simulated)")
-        out = self.inner(x, t, labels)
+        out = super().forward(x, t, labels)
         rest = self.seconds - (time.perf_counter() - start)
         if rest > 0:
             time.sleep(rest)
         return out
 
 
-def slowed(model: DiffusionModel, seconds_per_call: float = 0.0,
+def slowed(checkpoint: Path, seconds_per_call: float = 0.0,
            fail: Callable[[torch.Tensor], bool] | None = None) -> DiffusionModel:
-    """Make every network call take at least ``seconds_per_call`` and raise when ``fail(x)`` says so."""
-    model.denoiser = _Slowed(model.denoiser, seconds_per_call, fail)  # type: ignore[assignment]
-    return model
+    """The checkpoint's model on the CPU, its every network call taking at least ``seconds_per_call``
+    and raising when ``fail(x)`` says so."""
+    config, tensors = read_checkpoint(checkpoint)
+    unet = _SlowUNet(config.unet)
+    unet.load_state_dict(tensors)
+    unet.seconds, unet.fail = seconds_per_call, fail
+    return DiffusionModel(config, unet, device="cpu")
 
 
 def wait_ready(client: httpx.Client, timeout: float = 30.0) -> None:

@@ -24,6 +24,9 @@ import numpy as np
 import pytest
 from PIL import Image, ImageSequence
 
+from app.docs_assets import install_offline_docs
+
+from .live import live_app
 from .test_process import serve_process
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
@@ -36,23 +39,30 @@ try:
 except ImportError:  # pragma: no cover - the skip below says why
     webdriver = None  # type: ignore[assignment]
 
-MISSING = [what for what, ok in (("selenium (pip: the test extra)", webdriver is not None),
+MISSING = [what for what, ok in (("selenium (pip install -e '.[test]')", webdriver is not None),
                                  ("chromium (apt-get install chromium)", CHROMIUM),
                                  ("chromedriver (apt-get install chromium-driver)", CHROMEDRIVER)) if not ok]
+# The remedies in the reason become the run's closing line (tests/skipsummary.py).
 pytestmark = [
     pytest.mark.slow,
     pytest.mark.timeout(120),
-    pytest.mark.skipif(bool(MISSING), reason=f"no browser to test the page in: missing {', '.join(MISSING)}"),
+    pytest.mark.skipif(bool(MISSING), reason="no browser to test the page in: missing chromium "
+                       "(apt-get install chromium) or chromedriver (apt-get install chromium-driver), "
+                       f"or selenium (pip install -e '.[test]'): {', '.join(MISSING)}"),
 ]
 
 KEY = "browser-test-key"
-SEED = 2**63 - 2  # the largest n = 2 may use
+SEED = 2**53 - 2  # the largest n = 2 may use (the API seed range ends at 2^53 - 1)
 AUTH = {"Authorization": f"Bearer {KEY}"}
 # Chromium on a machine without a network: no sandbox as root, no GPU, and none of the
-# background connections (updates, sync, QUIC probes) that a closed network refuses.
+# background connections (updates, sync, QUIC probes) that a closed network refuses. Every host
+# but the loopback is made unreachable, whatever network this machine has: names do not resolve,
+# and anything else goes to a proxy on a closed loopback port (Chromium never proxies loopback).
+# So a page that needs a CDN fails here as it would on an air-gapped machine.
 CHROMIUM_FLAGS = ("--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
                   "--disable-background-networking", "--disable-component-update", "--disable-sync",
-                  "--disable-dev-shm-usage", "--force-device-scale-factor=1", "--window-size=1280,1000", "--lang=en")
+                  "--disable-dev-shm-usage", "--force-device-scale-factor=1", "--window-size=1280,1000", "--lang=en",
+                  "--host-resolver-rules=MAP * ~NOTFOUND, EXCLUDE 127.0.0.1", "--proxy-server=http://127.0.0.1:9")
 
 
 @pytest.fixture(scope="module")
@@ -342,3 +352,146 @@ def test_page_generates_shows_both_chains_and_server_errors(
     if target := os.environ.get("DDPM_PAGE_SCREENSHOT"):
         Path(target).parent.mkdir(parents=True, exist_ok=True)
         Path(target).write_bytes(shot)
+
+
+@pytest.fixture(scope="module")
+def docs_server(tiny_checkpoint: Path) -> Iterator[str]:
+    """The app with its documentation pages made offline (a no-op where create_app already did)."""
+    with live_app(tiny_checkpoint) as (url, app):
+        install_offline_docs(app)
+        yield url
+
+
+def loaded_from(driver: Any) -> list[str]:
+    """Every URL the page loaded or tried to: the document and each resource."""
+    return js(driver, "[location.href, ...performance.getEntriesByType('resource').map((e) => e.name)]")
+
+
+@pytest.mark.parametrize(("page", "rendered"), [
+    # Swagger UI: one block per operation, each with its method and path.
+    ("/docs", "[...document.querySelectorAll('.opblock .opblock-summary-path')].map((e) => e.innerText)"),
+    # ReDoc: the operations in its menu, by summary.
+    ("/redoc", "[...document.querySelectorAll('[role=menuitem], li[data-item-id] label')].map((e) => e.innerText)"),
+])
+def test_api_docs_render_with_no_internet(browser: Any, docs_server: str, page: str, rendered: str) -> None:
+    # Record what the page's Content-Security-Policy refuses, from before its first script runs.
+    watch = browser.execute_cdp_cmd("Page.addScriptToEvaluateOnNewDocument", {"source": (
+        "window.refused = []; document.addEventListener('securitypolicyviolation',"
+        " (e) => window.refused.push(e.blockedURI), true);")})
+    try:
+        browser.get(docs_server + page)
+    finally:
+        browser.execute_cdp_cmd("Page.removeScriptToEvaluateOnNewDocument", {"identifier": watch["identifier"]})
+    schema = httpx.get(docs_server + "/openapi.json").json()
+    wait(browser, f"{rendered}.length >= {len(schema['paths'])}")
+    text = "\n".join(js(browser, rendered))
+    if page == "/docs":
+        for path in schema["paths"]:
+            assert path in text.split("\n"), (path, text)
+        # An operation opens and shows its request body's fields, drawn from the schema.
+        browser.find_element(By.CSS_SELECTOR, "#operations-default-generate_generate_post button").click()
+        wait(browser, "document.querySelector('#operations-default-generate_generate_post .opblock-body')"
+                      "?.innerText.includes('response_format')")
+    else:
+        assert "Generate images" in text and "Model card and limits" in text, text
+        assert "/generate" in js(browser, "document.body.innerText")
+    # Anything the bundled scripts name elsewhere (ReDoc's Redocly logo) was refused by the page's
+    # policy inside the browser: no request left for another host.
+    outside = [u for u in loaded_from(browser) if not u.startswith(docs_server + "/")]
+    assert sorted(outside) == sorted(js(browser, "window.refused")), outside
+
+
+def ready_page(driver: Any, url: str) -> None:
+    """The page loaded and past the key prompt (the key stays in the tab's session storage)."""
+    driver.get(url + "/")
+    wait(driver, "['auth', 'ready'].includes(document.body.dataset.state)")
+    if js(driver, "document.body.dataset.state") == "auth":
+        driver.find_element(By.ID, "api-key").send_keys(KEY, Keys.ENTER)
+    wait(driver, "document.body.dataset.state === 'ready'")
+
+
+def test_class_options_name_each_class_once(browser: Any, server: str) -> None:
+    ready_page(browser, server)
+    # The tiny model's classes are named "0".."9": each option says it once, not "7: 7".
+    options = [o.text for o in Select(browser.find_element(By.ID, "label")).options]
+    assert options == ["none (unconditional)", *[str(i) for i in range(10)]]
+    # Other names and aliases (the model card's class_aliases, per class or by name).
+    cases = module_call(browser, "labels.js", """[
+        m.classOption(7, '7'), m.classOption(3, 'cat'), m.classOption(3, undefined),
+        m.classOption(7, '7', ['seven', '7']), m.classOption(0, 'airplane', ['plane', 'aeroplane']),
+        m.aliasesOf({class_names: ['a', 'b'], class_aliases: [['x'], 'y']}, 1),
+        m.aliasesOf({class_names: ['a', 'b'], class_aliases: {b: ['z', 'w']}}, 1),
+        m.aliasesOf({class_names: ['a', 'b'], class_aliases: {'0': 'q'}}, 0),
+        m.aliasesOf({class_names: ['a', 'b']}, 0)]""")
+    assert cases == ["7", "3: cat", "3", "7 (seven)", "0: airplane (plane, aeroplane)", ["y"], ["z", "w"], ["q"], []]
+
+
+def test_status_follows_the_run_and_long_seeds_keep_the_grid(browser: Any, server: str) -> None:
+    """While sampling runs the status says so (not "Queued with 0 images ahead"); four images
+    with 19-digit seeds stay one row of equal cells, no button wider than its cell."""
+    ready_page(browser, server)
+    # The status text at every progress event, recorded by the page itself as the events arrive.
+    browser.execute_script("""
+        window.statusAtProgress = [];
+        new MutationObserver(() => window.statusAtProgress.push(document.getElementById('status').textContent))
+          .observe(document.getElementById('progress-box'), {attributes: true, attributeFilter: ['data-events']});""")
+    for element_id, value in (("n", "4"), ("steps", "40"), ("preview-every", "0")):
+        browser.find_element(By.ID, element_id).clear()
+        browser.find_element(By.ID, element_id).send_keys(value)
+    seed = browser.find_element(By.ID, "seed")
+    seed.clear()
+    seed.send_keys(str(2**63 - 4), Keys.ENTER)  # the largest n = 4 may use: as long as a drawn seed gets
+    wait(browser, "document.body.dataset.run === 'done'")
+    seen = js(browser, "window.statusAtProgress")
+    assert seen and not any("Queued" in s for s in seen), seen
+    assert any(s.startswith("Sampling 4 images") for s in seen), seen
+    assert browser.find_element(By.ID, "status").text.startswith("Done: 4 images")
+
+    cells = js(browser, """[...document.querySelectorAll('#results > li')].map((li) => {
+        const r = li.getBoundingClientRect(), img = li.querySelector('img').getBoundingClientRect();
+        const over = [...li.querySelectorAll('button, a, figcaption')]
+          .filter((b) => b.scrollWidth > b.clientWidth + 1 || b.getBoundingClientRect().right > r.right + 1);
+        return {top: Math.round(r.top), width: r.width, image: img.width, overflowing: over.length};
+    })""")
+    assert len(cells) == 4
+    assert len({c["top"] for c in cells}) == 1, cells  # one row, not three columns and a straggler
+    assert len({round(c["width"]) for c in cells}) == 1 and all(c["overflowing"] == 0 for c in cells), cells
+    assert all(c["width"] <= max(2 * c["image"], 200) for c in cells), cells  # the seed does not set the width
+    # Each cell still names its full seed: in the caption, and in its button's accessible name.
+    captions = js(browser, "[...document.querySelectorAll('#results figcaption')].map((f) => f.textContent)")
+    assert captions == [f"#{i + 1} · seed {2**63 - 4 + i}" for i in range(4)]
+    assert js(browser, "[...document.querySelectorAll('#results button')].map((b) => b.getAttribute('aria-label'))"
+                       ".filter(Boolean)") == [f"Reuse seed {2**63 - 4 + i}" for i in range(4)]
+    # The same holds for a seed the server draws.
+    seed.clear()
+    browser.find_element(By.ID, "generate").click()
+    wait(browser, "document.body.dataset.run === 'done'")
+    drawn = js(browser, "[...document.querySelectorAll('#results > li')].map((li) => li.dataset.seed)")
+    widths = js(browser, "[...document.querySelectorAll('#results > li')]"
+                         ".map((li) => li.getBoundingClientRect().width)")
+    assert len(drawn) == 4 and len(set(widths)) == 1 and widths[0] == cells[0]["width"], (drawn, widths)
+
+
+def test_readme_javascript_example_runs_on_the_page(browser: Any, docs_server: str) -> None:
+    """The README's browser example, as written, in the page's context (a server without keys)."""
+    from .test_readme import readme_blocks
+
+    [example] = readme_blocks("js")
+    browser.get(docs_server + "/")
+    wait(browser, "document.body.dataset.state === 'ready'")
+    before = js(browser, "document.images.length")
+    error = browser.execute_async_script(
+        "const done = arguments[arguments.length - 1];"
+        f"(async () => {{ {example} }})().then(() => done(null), (e) => done(String(e)));")
+    assert error is None
+    wait(browser, f"document.images.length === {before + 1} && document.images[{before}].complete", timeout=10)
+    image = js(browser, f"(() => {{ const i = document.images[{before}];"
+                        " return {src: i.src, w: i.naturalWidth, h: i.naturalHeight}; })()")
+    size = httpx.get(docs_server + "/v1/model").json()["image_size"]
+    assert image["src"].startswith("blob:") and (image["w"], image["h"]) == (size, size)
+    # And the error branch's shape, as its comment shows it.
+    detail = browser.execute_async_script("""const done = arguments[arguments.length - 1];
+        fetch('/generate', {method: 'POST', headers: {'content-type': 'application/json'},
+                            body: JSON.stringify({label: 2, steps: 1e9})})
+          .then((r) => r.json()).then((b) => done(b.detail));""")
+    assert detail[0]["field"] == "steps" and detail[0]["msg"].startswith("steps: Input should be")

@@ -1,10 +1,14 @@
-"""Against a real ``ddpm serve`` process: SIGTERM drain, and schemathesis on the OpenAPI spec."""
+"""Against a real ``ddpm serve`` process: SIGTERM drain (within and past its deadline), a busy
+port, and schemathesis on the OpenAPI spec."""
 
 from __future__ import annotations
 
+import dataclasses
+import json
 import os
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -16,6 +20,9 @@ from pathlib import Path
 import httpx
 import pytest
 
+from model import DiffusionConfig, save_checkpoint
+
+from .conftest import randomized_unet, tiny_config
 from .live import free_port, wait_ready
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -72,6 +79,105 @@ def test_sigterm_drains_without_losing_admitted_requests(tiny_checkpoint: Path, 
         proc.wait(30)
     output = log.read_text()
     assert "draining for up to 60s" in output and "all requests finished" in output
+
+
+@pytest.fixture(scope="module")
+def long_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The tiny network with T = 20000: a request of that many steps runs for tens of seconds."""
+    config = dataclasses.replace(tiny_config(), diffusion=DiffusionConfig(num_timesteps=20_000))
+    path = tmp_path_factory.mktemp("long") / "long.safetensors"
+    save_checkpoint(path, randomized_unet(config.unet), config)
+    return path
+
+
+def sse_events(text: str) -> list[tuple[str, dict[str, object]]]:
+    events = []
+    for block in text.strip().split("\n\n"):
+        fields = dict(line.split(": ", 1) for line in block.splitlines() if not line.startswith(":"))
+        if "event" in fields:
+            events.append((fields["event"], json.loads(fields["data"])))
+    return events
+
+
+@pytest.mark.slow
+def test_sigterm_past_the_drain_deadline_answers_every_open_request_with_503(
+        long_checkpoint: Path, tmp_path: Path) -> None:
+    # Two rows: two requests running and two queued, none of which can finish within the drain.
+    log = tmp_path / "serve.log"
+    drain = 2.0
+    with serve_process(long_checkpoint, log, max_batch="2", drain_timeout_s=str(drain)) as (url, proc):
+        plain: list[httpx.Response] = []
+        streams: list[str] = []
+        failures: list[BaseException] = []
+        body = {"steps": 20_000, "sampler": "ddim"}
+
+        def post() -> None:
+            try:
+                with httpx.Client(base_url=url, timeout=60) as c:
+                    plain.append(c.post("/generate", json=body))
+            except BaseException as exc:  # reported by the assertion below
+                failures.append(exc)
+
+        def stream() -> None:
+            try:
+                with httpx.Client(base_url=url, timeout=60) as c, c.stream("POST", "/generate/stream",
+                                                                            json=body) as r:
+                    streams.append(r.read().decode())  # raises if the chunked body is cut
+            except BaseException as exc:
+                failures.append(exc)
+
+        threads = [threading.Thread(target=f) for f in (post, stream, post, stream)]
+        for t in threads:
+            t.start()
+        with httpx.Client(base_url=url, timeout=10) as c:
+            deadline = time.monotonic() + 20
+            while time.monotonic() < deadline:  # all four admitted: two running, two queued
+                text = c.get("/metrics").text
+                if "ddpm_queue_images 2.0" in text and "ddpm_active_images 2.0" in text:
+                    break
+                time.sleep(0.02)
+            else:
+                pytest.fail("the four requests were not admitted")
+        start = time.monotonic()
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(drain + 10)
+        took = time.monotonic() - start
+        for t in threads:
+            t.join(10)
+    assert not failures, failures
+    assert len(plain) == 2 and len(streams) == 2
+    for r in plain:
+        assert r.status_code == 503 and r.headers["content-type"] == "application/json", (r.status_code, r.text)
+        assert "shutting down" in r.json()["detail"]
+        assert r.headers["x-request-id"] and int(r.headers["retry-after"]) >= 1
+    for text in streams:
+        kind, data = sse_events(text)[-1]
+        assert kind == "error" and data["status"] == 503, text[-500:]
+    output = log.read_text()
+    assert "Traceback" not in output and "Exception in ASGI application" not in output, output
+    assert "drain deadline of 2s passed with 4 requests open" in output
+    assert took < drain + 2.0, f"exited {took:.2f}s after SIGTERM"
+
+
+@pytest.mark.slow
+def test_a_busy_port_is_one_line_and_exit_2(tiny_checkpoint: Path) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        environ = {**os.environ, "DDPM_CHECKPOINT": str(tiny_checkpoint)}
+        for args, env in (([f"--port={port}"], {}), ([], {"DDPM_PORT": str(port)})):
+            result = subprocess.run([sys.executable, "-m", "cli", "serve", "--host", "127.0.0.1", *args],
+                                    cwd=ROOT, env={**environ, **env}, capture_output=True, text=True, timeout=60)
+            lines = (result.stdout + result.stderr).strip().splitlines()
+            assert result.returncode == 2, (result.returncode, lines)
+            assert len(lines) == 1, lines
+            assert f"127.0.0.1:{port}" in lines[0] and "already in use" in lines[0]
+            assert "--port" in lines[0] and "DDPM_PORT" in lines[0]
+    result = subprocess.run([sys.executable, "-m", "cli", "serve", "--port", "70000"], cwd=ROOT, env=environ,
+                            capture_output=True, text=True, timeout=60)
+    lines = (result.stdout + result.stderr).strip().splitlines()
+    assert result.returncode == 2 and len(lines) == 1 and ":70000" in lines[0] and "--port" in lines[0], lines
 
 
 @pytest.mark.slow

@@ -68,15 +68,33 @@ def test_bf16_channels_last_path(tiny_checkpoint: Path) -> None:
     assert a.shape == b.shape and np.abs(a.astype(int) - b.astype(int)).mean() < 8
 
 
-def test_dtype_resolution() -> None:
+def test_dtype_resolution(monkeypatch: pytest.MonkeyPatch) -> None:
+    """An explicit dtype is kept; "auto" on a CPU is bf16 only where bf16 is native and the
+    network large (unknown size: assumed large), whatever this machine's CPU can do."""
     cpu = torch.device("cpu")
     assert resolve_dtype("float32", cpu) == torch.float32
-    assert resolve_dtype("auto", cpu) == (torch.bfloat16 if cpu_has_fast_bf16() else torch.float32)
+    assert resolve_dtype("bfloat16", cpu, gflops_per_image=0.01) == torch.bfloat16
+    for native, large, small in ((True, torch.bfloat16, torch.float32), (False, torch.float32, torch.float32)):
+        monkeypatch.setattr("model.device.cpu_has_fast_bf16", lambda native=native: native)
+        assert resolve_dtype("auto", cpu) == large
+        assert resolve_dtype("auto", cpu, gflops_per_image=12.0) == large
+        assert resolve_dtype("auto", cpu, gflops_per_image=0.05) == small
     with pytest.raises(ValueError, match="dtype='float64'"):
         resolve_dtype("float64", cpu)
 
 
-def test_threads_respect_the_cgroup_quota(tmp_path: Path) -> None:
+def test_a_device_this_machine_lacks_is_one_clear_error() -> None:
+    from model.device import DeviceError, resolve_device
+
+    assert resolve_device("cpu") == torch.device("cpu")
+    with pytest.raises(DeviceError, match="'gpu7' is not a device name"):
+        resolve_device("gpu7")
+    if not torch.cuda.is_available():
+        with pytest.raises(DeviceError, match="no CUDA device"):
+            resolve_device("cuda:0")
+
+
+def test_threads_respect_the_cgroup_quota(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     (tmp_path / "cpu.max").write_text("150000 100000\n")
     assert cgroup_cpu_quota(tmp_path) == 1.5
     (tmp_path / "cpu.max").write_text("max 100000\n")
@@ -86,11 +104,18 @@ def test_threads_respect_the_cgroup_quota(tmp_path: Path) -> None:
     (v1 / "cpu" / "cpu.cfs_quota_us").write_text("200000")
     (v1 / "cpu" / "cpu.cfs_period_us").write_text("100000")
     assert cgroup_cpu_quota(v1) == 2.0
-    assert 1 <= available_cpus() <= (torch.get_num_threads() + 64)
+    # Eight CPUs in the affinity mask, a quota of one and a half: two threads, not eight.
+    monkeypatch.setattr("os.sched_getaffinity", lambda pid: set(range(8)))
+    monkeypatch.setattr("model.device.cgroup_cpu_quota", lambda: 1.5)
+    assert available_cpus() == 2
+    monkeypatch.setattr("model.device.cgroup_cpu_quota", lambda: None)
+    assert available_cpus() == 8
+    monkeypatch.setattr("model.device.cgroup_cpu_quota", lambda: 0.2)
+    assert available_cpus() == 1
     before = torch.get_num_threads()
     try:
         assert configure_threads(None, gflops_per_image=0.05) == 1  # overhead-bound: one thread
-        assert configure_threads(None, gflops_per_image=12.0) == available_cpus()
+        assert configure_threads(None, gflops_per_image=12.0) == 1 == torch.get_num_threads()  # the quota
         assert configure_threads(3, gflops_per_image=0.05) == 3 == torch.get_num_threads()
     finally:
         torch.set_num_threads(before)

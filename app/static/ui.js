@@ -5,6 +5,7 @@ import { Api, ApiError } from './api.js';
 import { alphaBar, gaussianNoise, qSample, stripTimes } from './forward.js';
 import { encodeGif, indexFrames } from './gif.js';
 import { canvasBlob, enlarge, loadImage, paint, pixelsOf, saveBlob, stripCanvas } from './images.js';
+import { aliasesOf, classOption } from './labels.js';
 
 const $ = (id) => document.getElementById(id);
 const api = new Api();
@@ -93,7 +94,9 @@ function setupForm(card) {
   $('timeout').placeholder = `${limits.request_timeout_s}`;
   const labels = [el('option', { value: '' }, 'none (unconditional)')];
   if (card.num_classes) {
-    for (let i = 0; i < card.num_classes; i++) labels.push(el('option', { value: String(i) }, `${i}: ${className(i)}`));
+    for (let i = 0; i < card.num_classes; i++) {
+      labels.push(el('option', { value: String(i) }, classOption(i, card.class_names?.[i], aliasesOf(card, i))));
+    }
     $('label-hint').textContent = 'class-conditional model; none samples from all classes';
   } else {
     $('label-hint').textContent = 'this model is unconditional';
@@ -123,6 +126,10 @@ function formFields() {
 }
 
 // ---------- messages ----------
+
+function plural(count, noun) {
+  return `${count} ${noun}${count === 1 ? '' : 's'}`;
+}
 
 function say(text) {
   $('status').textContent = text;
@@ -172,9 +179,16 @@ async function generate(fields) {
     run.seed = stream.seed;
     for await (const { event, data } of stream.events) {
       if (event === 'queued') {
-        $('step-text').textContent = `Queued: ${data.position} image${data.position === 1 ? '' : 's'} ahead`;
-        say(`Queued with ${data.position} image${data.position === 1 ? '' : 's'} ahead.`);
+        const ahead = data.position === 1 ? '1 image' : `${data.position} images`;
+        const text = data.position > 0 ? `Queued behind ${ahead}` : 'Starting at the next step';
+        $('step-text').textContent = text;
+        say(`${text}.`);
       } else if (event === 'progress') {
+        // The first step replaces the queue message: it must not stay on screen while sampling runs.
+        if (!run.sampling) {
+          run.sampling = true;
+          say(`Sampling ${plural(data.n, 'image')}, ${data.steps} steps…`);
+        }
         setProgress(data.step, data.steps, data.images_done, data.n);
         for (const preview of data.previews ?? []) addChainFrame(preview.index, `step ${data.step}`, data.step, data.steps, preview.png_base64);
       } else if (event === 'image') {
@@ -257,7 +271,10 @@ async function addImage({ index, seed: jsonSeed, png_base64: png }) {
   state.run.images.push(image);
   state.run.images.sort((a, b) => a.index - b.index);
 
-  const reuse = el('button', { type: 'button' }, `Reuse seed ${seed}`);
+  // The seed (up to 19 digits) is in the caption, which wraps, and in the button's accessible
+  // name (which starts with its visible text); the buttons stay short, so a
+  // long seed never widens the cell and every cell of the grid has the same width.
+  const reuse = el('button', { type: 'button', 'aria-label': `Reuse seed ${seed}` }, 'Reuse seed');
   reuse.addEventListener('click', () => {
     $('seed').value = seed;
     $('seed').focus();
@@ -271,8 +288,9 @@ async function addImage({ index, seed: jsonSeed, png_base64: png }) {
   });
   const download = el('a', { href: src, download: `ddpm-seed-${seed}.png`, className: 'button' }, 'Download PNG');
   const item = el('li', { className: 'result', dataset: { index: String(index), seed } },
-    el('figure', {}, img, el('figcaption', {}, `#${index + 1} · seed ${seed}`)),
+    el('figure', {}, img, el('figcaption', {}, `#${index + 1} · seed `, el('span', { className: 'seed' }, seed))),
     el('div', { className: 'actions' }, download, reuse, noise));
+  item.style.setProperty('--image', `${size}px`);
   const after = [...$('results').children].find((li) => Number(li.dataset.index) > index);
   $('results').insertBefore(item, after ?? null);
   $('results-empty').hidden = true;

@@ -1,0 +1,99 @@
+"""The one place where failures become HTTP: a status, headers and a JSON body for each.
+
+Domain errors (``app.errors``) carry no status; routes raise them, or receive them in a
+``Failed`` event, and everything below turns them into responses: the same failure answers
+the same way from every route, and streams send the same status in their ``error`` event.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+from fastapi import Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+
+from .errors import (
+    Cancelled,
+    DeadlineExceeded,
+    InvalidRequest,
+    QueueFull,
+    SamplingFailed,
+    ServingError,
+    Unavailable,
+)
+
+STATUS: dict[type[ServingError], int] = {
+    InvalidRequest: 422,
+    QueueFull: 429,
+    DeadlineExceeded: 504,
+    Unavailable: 503,
+    SamplingFailed: 500,
+    Cancelled: 499,  # nginx's "client closed request": nobody is left to read it
+}
+
+
+def status_of(error: ServingError) -> int:
+    for cls in type(error).__mro__:
+        if cls in STATUS:
+            return STATUS[cls]
+    return 500
+
+
+def headers_of(error: ServingError) -> dict[str, str]:
+    """``Retry-After`` in whole seconds (rounded up: a client that retries early fails again)."""
+    return {"Retry-After": str(max(1, math.ceil(error.retry_after)))} if error.retry_after else {}
+
+
+def detail_of(error: ServingError) -> Any:
+    if isinstance(error, InvalidRequest):  # the same shape as a schema 422
+        return [{"loc": ["body", error.field], "field": error.field, "msg": error.detail, "type": "value_error"}]
+    return error.detail
+
+
+def error_response(error: ServingError) -> JSONResponse:
+    return JSONResponse({"detail": detail_of(error)}, status_code=status_of(error), headers=headers_of(error))
+
+
+def stream_error(error: ServingError) -> dict[str, Any]:
+    """The data of a stream's ``error`` event."""
+    return {"status": status_of(error), "detail": detail_of(error), **(
+        {"retry_after": int(headers_of(error)["Retry-After"])} if error.retry_after else {})}
+
+
+async def serving_error_handler(request: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, ServingError)
+    return error_response(exc)
+
+
+def _plain(value: Any) -> Any:
+    return value if isinstance(value, str | int | float | bool) or value is None else str(value)
+
+
+def validation_entries(errors: Any) -> list[dict[str, Any]]:
+    """Each pydantic error as {loc, field, msg, type[, ctx]}, the message naming the field.
+
+    A body that is not JSON at all names ``body`` (pydantic's location for it is a character
+    offset, which is not a field).
+    """
+    entries = []
+    for error in errors:
+        loc = [_plain(p) for p in error.get("loc", ())]
+        if error.get("type") == "json_invalid":
+            field = "body"
+            msg = f"body: invalid JSON ({error.get('ctx', {}).get('error', 'decode error')}) at character {loc[-1]}"
+        else:
+            field = ".".join(str(p) for p in loc if p != "body") or "body"
+            msg = f"{field}: {error.get('msg', 'invalid')}"
+        entry = {"loc": loc, "field": field, "msg": msg, "type": error.get("type", "")}
+        if error.get("ctx"):
+            entry["ctx"] = {k: _plain(v) for k, v in error["ctx"].items()}
+        entries.append(entry)
+    return entries
+
+
+async def validation_error_handler(request: Request, exc: Exception) -> JSONResponse:
+    """422 whose every entry names the field, and the limit it broke, in its message."""
+    assert isinstance(exc, RequestValidationError)
+    return JSONResponse({"detail": validation_entries(exc.errors())}, status_code=422)
