@@ -2,6 +2,7 @@
 Redis), cross-replica events and webhooks. Nothing here knows HTTP; errors are domain errors."""
 
 from .errors import IdempotencyConflict, InvalidField, JobError, JobExpired, JobNotFound, JobNotReady, QuotaExceeded
+from .opening import open_store
 from .records import (
     SHARED_OWNER,
     STATUSES,
@@ -16,7 +17,7 @@ from .records import (
     fingerprint,
     owner_of,
 )
-from .store import JobStore, StoreOptions, open_store
+from .store import JobStore, StoreOptions
 
 __all__ = [
     "SHARED_OWNER",

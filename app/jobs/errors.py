@@ -1,19 +1,17 @@
 """Domain errors of the job store, admission and webhooks.
 
-They carry no HTTP status: the HTTP layer maps each class to a status in one place
-(JobNotFound: 404, JobExpired: 410, JobNotReady: 409, IdempotencyConflict: 409, QuotaExceeded: 429,
-InvalidField: 422 naming ``field``).
+They are ``app.errors.ServingError``s and carry no HTTP status: ``app.http_errors`` maps each
+class to one (JobNotFound: 404, JobExpired: 410, JobNotReady: 409, IdempotencyConflict: 409,
+QuotaExceeded: 429, InvalidField: 422 naming ``field``).
 """
 
 from __future__ import annotations
 
+from ..errors import InvalidRequest, ServingError
 
-class JobError(Exception):
+
+class JobError(ServingError):
     """Base class of every job-domain error."""
-
-    def __init__(self, detail: str) -> None:
-        super().__init__(detail)
-        self.detail = detail
 
 
 class JobNotFound(JobError):
@@ -35,15 +33,11 @@ class IdempotencyConflict(JobError):
 class QuotaExceeded(JobError):
     """This owner already has as many queued images as it may; others are unaffected."""
 
-    def __init__(self, detail: str, *, limit: int, queued: int) -> None:
-        super().__init__(detail)
+    def __init__(self, detail: str, *, limit: int, queued: int, retry_after: float | None = None) -> None:
+        super().__init__(detail, retry_after=retry_after)
         self.limit = limit
         self.queued = queued
 
 
-class InvalidField(JobError):
-    """A request field the store or the webhook checks refuse; ``field`` names it."""
-
-    def __init__(self, field: str, detail: str) -> None:
-        super().__init__(f"{field}: {detail}")
-        self.field = field
+class InvalidField(InvalidRequest):
+    """A request field the store or the webhook checks refuse; ``field`` names it (a 422)."""

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Protocol
 
 from .hub import Subscriber
@@ -112,14 +111,3 @@ class JobStore(Protocol):
 
     def close(self) -> None:
         ...
-
-
-def open_store(*, data_dir: Path, redis_url: str | None, options: StoreOptions) -> JobStore:
-    """Redis when a URL is given (replicas share it), else SQLite in ``data_dir``/jobs.sqlite3."""
-    if redis_url:
-        from .redis_store import RedisStore
-
-        return RedisStore(redis_url, options)
-    from .sqlite_store import SQLiteStore
-
-    return SQLiteStore(Path(data_dir) / "jobs.sqlite3", options)
