@@ -26,12 +26,31 @@ def _convert(args: argparse.Namespace) -> int:
     return 0
 
 
+def _export(args: argparse.Namespace) -> int:
+    """The checkpoint's denoiser as a checked ONNX graph, with the same outputs as the PyTorch network."""
+    from model import load_checkpoint
+    from model.runtimes.export import OnnxUnavailable, export_onnx, write_onnx
+
+    model = load_checkpoint(args.checkpoint, device="cpu", dtype="float32")
+    try:
+        data = export_onnx(model.unet, model.config)
+    except OnnxUnavailable as exc:
+        print(f"ddpm export: error: {exc}", file=sys.stderr)
+        return 2
+    write_onnx(args.out, data)
+    inputs = "x, t, labels" if model.config.num_classes else "x, t"
+    print(f"wrote {args.out}: {model.config.name}, inputs {inputs} (dynamic batch), output out, "
+          f"{len(data) / 1e6:.1f} MB, checked with onnx.checker")
+    return 0
+
+
 def _sample(args: argparse.Namespace) -> int:
     from model import load_checkpoint
-    from model.device import configure_threads
+    from model.device import configure_threads, resolve_device
     from model.images import write_samples
 
-    model = load_checkpoint(args.checkpoint, device=args.device, dtype=args.dtype)
+    device = resolve_device(args.device, "--device")
+    model = load_checkpoint(args.checkpoint, device=device, dtype=args.dtype, runtime=args.runtime)
     configure_threads(None, model.gflops_per_image)  # as the server does
     images = model.sample(
         args.n, steps=args.steps, sampler=args.sampler, eta=args.eta, seed=args.seed,
@@ -63,6 +82,7 @@ def _serve(args: argparse.Namespace) -> int:
 def build_parser() -> argparse.ArgumentParser:
     from model.device import DTYPE_CHOICES
     from model.modes import SAMPLERS
+    from model.runtimes import RUNTIMES
 
     parser = argparse.ArgumentParser(prog="ddpm", description="DDPM training, sampling and serving")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -76,6 +96,17 @@ def build_parser() -> argparse.ArgumentParser:
                    help="accept diffusion_pytorch_model.bin, read with torch.load(weights_only=True)")
     p.set_defaults(func=_convert)
 
+    p = sub.add_parser("export", help="export a checkpoint's denoiser (ONNX) for other runtimes and servers",
+                       description="The network as ONNX: inputs x (N,C,H,W) float32, t (N,) int64 and, for a "
+                                   "class-conditional model, labels (N,) int64 (num_classes is the null label of "
+                                   "classifier-free guidance); output out (N,C,H,W); N dynamic; the checkpoint's "
+                                   "config in the metadata. Needs the onnx extra.")
+    p.add_argument("--format", choices=["onnx"], default="onnx", help="the only format so far")
+    p.add_argument("checkpoint", nargs="?", default=None,
+                   help="a .safetensors checkpoint (default: the embedded model)")
+    p.add_argument("out", help="output file, e.g. model.onnx")
+    p.set_defaults(func=_export)
+
     p = sub.add_parser("sample", help="write sample PNGs and a grid from a checkpoint")
     p.add_argument("--checkpoint", default=None, help="a .safetensors checkpoint (default: the embedded model)")
     p.add_argument("--n", type=int, default=16, help="number of images")
@@ -88,6 +119,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--scale", type=int, default=1, help="enlarge the PNGs by this factor (nearest neighbour)")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, ...")
+    p.add_argument("--runtime", default="auto", choices=RUNTIMES,
+                   help="what runs the network; auto picks as the server does (DDPM_RUNTIME)")
     p.add_argument("--dtype", default="auto", choices=DTYPE_CHOICES,
                    help="the network's precision; auto picks as the server does (DDPM_DTYPE)")
     p.add_argument("--out", default="samples", help="output directory")
@@ -118,6 +151,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dataset", default=None, help="held-out data set, when the checkpoint does not record one")
     p.add_argument("--data-path", default=None, help="its path (folder, .npz or CIFAR-10 directory)")
     p.add_argument("--device", default="auto")
+    p.add_argument("--runtime", default="torch", choices=RUNTIMES,
+                   help="what runs the network (default torch, the reference; auto picks as the server does)")
     p.add_argument("--dtype", default="float32", choices=DTYPE_CHOICES,
                    help="the network's precision (default float32, exact)")
     p.set_defaults(func=_eval)
@@ -129,17 +164,34 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _install_hint(module: str | None) -> str:
+    """The command that installs a missing package, for the packages an extra provides."""
+    extras = {"sklearn": "pip install -e '.[train]'", "diffusers": "pip install -e '.[test]'"}
+    return extras.get((module or "").split(".")[0], "pip install -e .")
+
+
 def main(argv: Sequence[str] | None = None) -> int:
+    """Every error a user can fix ends in one line on stderr and exit status 2, no traceback:
+    config, checkpoint and conversion errors (ValueErrors that name what is wrong) and a
+    missing optional package (named with the command that installs it)."""
+    from model import CheckpointError, ConfigError
+
     parser = build_parser()
     args, extra = parser.parse_known_args(argv)
-    if getattr(args, "takes_overrides", False):
-        return int(args.func(args, extra))
-    if extra:
+    takes_overrides = getattr(args, "takes_overrides", False)
+    if extra and not takes_overrides:
         parser.error(f"unrecognized arguments: {' '.join(extra)}")
     try:
-        return int(args.func(args))
-    except ValueError as exc:  # config, checkpoint and conversion errors name what is wrong
+        return int(args.func(args, extra) if takes_overrides else args.func(args))
+    except ValueError as exc:
+        # A long training run's other ValueErrors are bugs: they keep their traceback.
+        if takes_overrides and not isinstance(exc, ConfigError | CheckpointError):
+            raise
         print(f"ddpm {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+    except ModuleNotFoundError as exc:
+        print(f"ddpm {args.command}: error: the Python package {exc.name!r} is not installed; "
+              f"{_install_hint(exc.name)} installs it", file=sys.stderr)
         return 2
 
 

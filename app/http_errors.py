@@ -14,6 +14,8 @@ from fastapi import Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 
+from model.validation import error_entries
+
 from .errors import (
     Cancelled,
     DeadlineExceeded,
@@ -54,7 +56,7 @@ def headers_of(error: ServingError) -> dict[str, str]:
 
 def detail_of(error: ServingError) -> Any:
     if isinstance(error, InvalidRequest):  # the same shape as a schema 422
-        return [{"loc": ["body", error.field], "field": error.field, "msg": error.detail, "type": "value_error"}]
+        return [{"field": error.field, "msg": error.detail, "type": "value_error"}]
     return error.detail
 
 
@@ -73,33 +75,8 @@ async def serving_error_handler(request: Request, exc: Exception) -> JSONRespons
     return error_response(exc)
 
 
-def _plain(value: Any) -> Any:
-    return value if isinstance(value, str | int | float | bool) or value is None else str(value)
-
-
-def validation_entries(errors: Any) -> list[dict[str, Any]]:
-    """Each pydantic error as {loc, field, msg, type[, ctx]}, the message naming the field.
-
-    A body that is not JSON at all names ``body`` (pydantic's location for it is a character
-    offset, which is not a field).
-    """
-    entries = []
-    for error in errors:
-        loc = [_plain(p) for p in error.get("loc", ())]
-        if error.get("type") == "json_invalid":
-            field = "body"
-            msg = f"body: invalid JSON ({error.get('ctx', {}).get('error', 'decode error')}) at character {loc[-1]}"
-        else:
-            field = ".".join(str(p) for p in loc if p != "body") or "body"
-            msg = f"{field}: {error.get('msg', 'invalid')}"
-        entry = {"loc": loc, "field": field, "msg": msg, "type": error.get("type", "")}
-        if error.get("ctx"):
-            entry["ctx"] = {k: _plain(v) for k, v in error["ctx"].items()}
-        entries.append(entry)
-    return entries
-
-
 async def validation_error_handler(request: Request, exc: Exception) -> JSONResponse:
-    """422 whose every entry names the field, and the limit it broke, in its message."""
+    """422 whose every entry names the field and the limit it broke, in the one error format of
+    model/validation.py (the format config files and settings are reported in, too)."""
     assert isinstance(exc, RequestValidationError)
-    return JSONResponse({"detail": validation_entries(exc.errors())}, status_code=422)
+    return JSONResponse({"detail": error_entries(exc.errors(), drop=1)}, status_code=422)

@@ -19,8 +19,10 @@ from pathlib import Path
 import torch
 
 from model import DiffusionModel, RowSpec, load_checkpoint
-from model.device import configure_threads
+from model.device import configure_threads, resolve_device
 from model.pipeline import EMBEDDED_CHECKPOINT
+from model.runner import Denoiser
+from model.runtimes import RuntimeOptions
 
 from .admission import FairQueue
 from .engine import Engine
@@ -60,13 +62,19 @@ class Service:
         start = time.perf_counter()
         checkpoint = Path(settings.checkpoint or EMBEDDED_CHECKPOINT)
         if model is None:
-            model = load_checkpoint(checkpoint, device=settings.device, dtype=settings.dtype,
-                                    channels_last=settings.channels_last)
+            device = resolve_device(settings.device, "DDPM_DEVICE")
+            # Compilation is torch's and happens at warm-up, once the batch buckets are known.
+            runtime = "torch" if settings.compile else settings.runtime
+            model = load_checkpoint(checkpoint, device=device, dtype=settings.dtype,
+                                    channels_last=settings.channels_last, runtime=runtime,
+                                    runtime_options=RuntimeOptions(threads=settings.threads,
+                                                                   cache_dir=settings.onnx_cache_dir))
         service = cls(settings, model, checkpoint)
         service.load_seconds = time.perf_counter() - start
         auth = f"on ({len(settings.keys)} keys)" if settings.keys else "off"
-        log.info("loaded %s: %s on %s (%s), %d threads, max_batch %d, authentication %s", checkpoint,
-                 service.name, model.device, str(model.dtype).removeprefix("torch."), service.plan.threads,
+        choice = model.runtime_choice
+        log.info("loaded %s: %s on %s (%s), runtime %s (%s), max_batch %d, authentication %s", checkpoint,
+                 service.name, model.device, str(model.dtype).removeprefix("torch."), choice.name, choice.reason,
                  service.plan.max_batch, auth)
         return service
 
@@ -96,6 +104,7 @@ class Service:
         if plan.buckets is not None:
             if self.settings.compile_cache_dir:
                 os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", str(self.settings.compile_cache_dir))
+            assert isinstance(model.denoiser, Denoiser)  # compile is torch's: Settings refuses other runtimes
             model.denoiser.compile(plan.buckets)
         model.denoiser.warm_up(model.image_shape, conditional=plan.conditional)
         batch = model.row_batch(2, max_steps=2)

@@ -8,11 +8,12 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, ValidationError, field_validator
+from pydantic import Field, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from model.device import DtypeName
 from model.modes import SamplerName
+from model.validation import error_entries
 
 ENV_PREFIX = "DDPM_"
 
@@ -35,6 +36,12 @@ class Settings(BaseSettings):
     compile: bool = Field(False, description="torch.compile the network, one graph per batch bucket "
                                              "(slower start, faster steps)")
     compile_cache_dir: Path | None = Field(None, description="where compiled kernels are cached across restarts")
+    runtime: Literal["auto", "torch", "onnxruntime", "openvino"] = Field(
+        "auto", description="what runs the network: auto (ONNX Runtime on a CPU where the network runs in "
+        "float32, else PyTorch; the rule in model/runtimes/choice.py, measured in docs/benchmarks.md), torch, "
+        "onnxruntime, openvino")
+    onnx_cache_dir: Path | None = Field(None, description="where the network exported to ONNX is kept across "
+                                        "restarts; empty: exported once per process, in memory")
     threads: int | None = Field(None, ge=1, description="CPU threads for the network; empty: 1 for a network "
                                 "under 1 GFLOP per image, else the CPUs this process may use (affinity, cgroup quota)")
 
@@ -87,6 +94,12 @@ class Settings(BaseSettings):
     log_format: Literal["text", "json"] = "text"
     log_level: str = "info"
 
+    @model_validator(mode="after")
+    def _compile_is_torch(self) -> Settings:
+        if self.compile and self.runtime not in ("auto", "torch"):
+            raise ValueError(f"compile=true is torch.compile; it does not apply to runtime={self.runtime}")
+        return self
+
     @field_validator("api_keys")
     @classmethod
     def _keys_or_nothing(cls, value: str) -> str:
@@ -112,12 +125,7 @@ class Settings(BaseSettings):
     max_connections: int = Field(1000, ge=1, description="open connections at once; the excess gets 503 "
                                  "with Connection: close")
 
+
 def settings_errors(exc: ValidationError) -> list[str]:
-    """One line per invalid setting, named as the operator wrote it: ``DDPM_DTYPE: ...``."""
-    lines = []
-    for error in exc.errors():
-        name = ENV_PREFIX + "_".join(str(p) for p in error["loc"]).upper()
-        given = error.get("input")
-        lines.append(f"{name}={given!r}: {error['msg']}" if isinstance(given, str | int | float) else
-                     f"{name}: {error['msg']}")
-    return lines
+    """One line per invalid setting, named as the operator wrote it: ``DDPM_DTYPE: ... (got 'float8')``."""
+    return [ENV_PREFIX + e["field"].upper() + e["msg"][len(e["field"]):] for e in error_entries(exc)]

@@ -2,7 +2,9 @@
 
   - the paper's CIFAR-10 network (35.7M parameters) at batch 1..256 in fp32, bf16 and bf16
     compiled: ms per network call, images/s of network calls, TFLOP/s and the share of the
-    chip's measured dense bf16 matmul throughput;
+    chip's measured dense bf16 matmul throughput; and, in the same alternation, the network
+    exported to ONNX and run by ONNX Runtime's CUDA provider (fp32 graph; ORT's default lets
+    its convolutions use TF32), when onnxruntime-gpu, onnx and onnxscript are importable;
   - images/s of 50-step DDIM through the sampler (RowBatch), bf16 compiled, batch 256;
   - server images/s at 64 concurrent clients (`ddpm serve` with bf16 and compile), when the
     server's dependencies are importable.
@@ -15,6 +17,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import time
+from collections.abc import Callable
 
 import torch
 from torch.utils.flop_counter import FlopCounterMode
@@ -41,6 +44,7 @@ def network_table(config: UNetConfig, device: torch.device, batches: list[int], 
     # One compiled graph with a symbolic batch serves every size in the table (a per-size compile
     # would not fit the time budget); the server compiles one static graph per bucket instead.
     compiled = torch.compile(bf16, dynamic=True)
+    onnx_runner = onnxruntime_runner(fp32, config, device)
     rows = []
     peak = matmul_peak(device, torch.bfloat16, 8192 if device.type == "cuda" else 512)
     s = config.image_size
@@ -52,20 +56,48 @@ def network_table(config: UNetConfig, device: torch.device, batches: list[int], 
         with torch.inference_mode(), counter:
             fp32(x, t)
         flops = counter.get_total_flops()
+        candidates = {"fp32": lambda x=x, t=t: fp32(x, t), "bf16": lambda xb=xb, t=t: bf16(xb, t),
+                      "bf16_compiled": lambda xb=xb, t=t: compiled(xb, t)}
+        if not isinstance(onnx_runner, str):
+            candidates["onnxruntime_fp32"] = lambda x=x, t=t: onnx_runner(x, t)
         with torch.inference_mode():
-            times = interleaved({"fp32": lambda x=x, t=t: fp32(x, t), "bf16": lambda xb=xb, t=t: bf16(xb, t),
-                                 "bf16_compiled": lambda xb=xb, t=t: compiled(xb, t)},
-                                repeats=repeats, warmup=2, device=device)
+            times = interleaved(candidates, repeats=repeats, warmup=2, device=device)
         row: dict[str, object] = {"batch": b, "gflop_per_call": flops / 1e9}
+        if isinstance(onnx_runner, str):
+            row["onnxruntime_fp32"] = onnx_runner
         for name, values in times.items():
             sec = median(values)
             row[name] = {"ms": sec * 1e3, "images_per_s": b / sec, "tflops": flops / sec / 1e12,
                          "share_of_bf16_matmul_peak": flops / sec / 1e12 / peak}
         rows.append(row)
+        if isinstance(onnx_runner, str) and b == batches[0]:
+            print(f"onnxruntime_fp32: {onnx_runner}", flush=True)
         print(f"batch {b:4d}: " + "  ".join(
             f"{k} {v['ms']:.2f} ms {v['images_per_s']:.0f} img/s {v['tflops']:.1f} TFLOP/s "
             f"({v['share_of_bf16_matmul_peak']:.0%})" for k, v in row.items() if isinstance(v, dict)), flush=True)
     return [{"bf16_matmul_peak_tflops": peak}, *rows]
+
+
+def onnxruntime_runner(net: UNet, config: UNetConfig, device: torch.device) -> Callable[..., torch.Tensor] | str:
+    """The network exported to ONNX on ONNX Runtime's CUDA provider (on a CPU in --smoke), or why not."""
+    try:
+        import onnxruntime as ort
+
+        from model.runtimes.export import export_onnx
+        from model.runtimes.ort_runner import OnnxRuntimeDenoiser
+    except ImportError as exc:
+        return f"skipped: {exc}"
+    if device.type == "cuda" and "CUDAExecutionProvider" not in ort.get_available_providers():
+        return f"skipped: onnxruntime {ort.__version__} has no CUDAExecutionProvider (install onnxruntime-gpu)"
+    try:
+        start = time.perf_counter()
+        data = export_onnx(net, ModelConfig(unet=config))
+        runner = OnnxRuntimeDenoiser(data, null_label=None, device=device)
+        print(f"ONNX export and {runner.session.get_providers()[0]} session: "
+              f"{time.perf_counter() - start:.0f} s", flush=True)
+        return runner
+    except Exception as exc:  # a GPU run must still print the PyTorch table
+        return f"skipped: {type(exc).__name__}: {exc}"
 
 
 def sampler_images_per_s(config: UNetConfig, device: torch.device, batch: int, steps: int) -> float:

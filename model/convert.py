@@ -11,13 +11,14 @@ from __future__ import annotations
 import json
 import re
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import torch
 from safetensors.torch import load_file
 
 from .checkpoint import CheckpointError, build_unet, save_checkpoint
 from .config import DiffusionConfig, ModelConfig, SamplingConfig, UNetConfig
+from .validation import ConfigError, parse
 
 # The paper's CIFAR-10 network as diffusers' UNet2DModel describes it (google/ddpm-cifar10-32's
 # unet/config.json, 35.7M parameters): what the benchmark times and the parity tests shrink.
@@ -78,6 +79,9 @@ _RENAMES = [
 _QKV = {"to_q": 0, "query": 0, "to_k": 1, "key": 1, "to_v": 2, "value": 2}
 
 
+T = TypeVar("T")
+
+
 class ConversionError(ValueError):
     """A diffusers folder that cannot be imported faithfully; the message names the file and key."""
 
@@ -120,24 +124,32 @@ def unet_config_from_diffusers(cfg: dict[str, Any], where: Path | str = "unet/co
     size = cfg.get("sample_size") or 32
     if not isinstance(size, int):
         raise ConversionError(f"{where}: sample_size={size!r} must be one integer (square images)")
-    num_class_embeds = cfg.get("num_class_embeds")
-    return UNetConfig(
-        image_size=size,
-        in_channels=int(cfg.get("in_channels", 3)),
-        out_channels=int(cfg.get("out_channels", 3)),
-        base_channels=base,
-        channel_mult=tuple(c // base for c in boc),
-        num_res_blocks=int(cfg.get("layers_per_block", 2)),
-        attention_resolutions=tuple(size // 2**i for i, k in enumerate(down) if _DOWN[k]),
-        attention_head_dim=cfg.get("attention_head_dim", 8),
-        dropout=float(cfg.get("dropout", 0.0)),
-        norm_groups=int(cfg.get("norm_num_groups", 32)),
-        norm_eps=float(cfg.get("norm_eps", 1e-5)),
-        num_classes=num_class_embeds,
-        downsample_padding=int(cfg.get("downsample_padding", 1)),
-        time_flip_sin_to_cos=bool(cfg.get("flip_sin_to_cos", True)),
-        time_freq_shift=float(cfg.get("freq_shift", 0)),
-    )
+    # Values pass to the config as the file has them (no int() or float() that would turn a
+    # 1000.5 into 1000): the strict config check refuses a wrong type, naming the key.
+    return _build(UNetConfig, where, {
+        "image_size": size,
+        "in_channels": cfg.get("in_channels", 3),
+        "out_channels": cfg.get("out_channels", 3),
+        "base_channels": base,
+        "channel_mult": tuple(c // base for c in boc),
+        "num_res_blocks": cfg.get("layers_per_block", 2),
+        "attention_resolutions": tuple(size // 2**i for i, k in enumerate(down) if _DOWN[k]),
+        "attention_head_dim": cfg.get("attention_head_dim", 8),
+        "dropout": cfg.get("dropout", 0.0),
+        "norm_groups": cfg.get("norm_num_groups", 32),
+        "norm_eps": cfg.get("norm_eps", 1e-5),
+        "num_classes": cfg.get("num_class_embeds"),
+        "downsample_padding": cfg.get("downsample_padding", 1),
+        "time_flip_sin_to_cos": cfg.get("flip_sin_to_cos", True),
+        "time_freq_shift": cfg.get("freq_shift", 0),
+    })
+
+
+def _build(cls: type[T], where: Path | str, values: dict[str, Any]) -> T:
+    try:
+        return parse(cls, values)
+    except ConfigError as exc:
+        raise ConversionError(f"{where}: {exc} (in this project's names)") from None
 
 
 def diffusion_config_from_diffusers(
@@ -155,15 +167,15 @@ def diffusion_config_from_diffusers(
         raise ConversionError(f"{where}: thresholding=true is not supported")
     if cfg.get("clip_sample", True) and float(cfg.get("clip_sample_range", 1.0)) != 1.0:
         raise ConversionError(f"{where}: clip_sample_range={cfg['clip_sample_range']} is not supported (only 1.0)")
-    return DiffusionConfig(
-        schedule=pick("beta_schedule", _SCHEDULES, "linear"),
-        num_timesteps=int(cfg.get("num_train_timesteps", 1000)),
-        beta_start=float(cfg.get("beta_start", 1e-4)),
-        beta_end=float(cfg.get("beta_end", 0.02)),
-        prediction=pick("prediction_type", _PREDICTIONS, "epsilon"),
-        variance=pick("variance_type", _VARIANCES, "fixed_small"),
-        clip_denoised=bool(cfg.get("clip_sample", True)),
-    )
+    return _build(DiffusionConfig, where, {
+        "schedule": pick("beta_schedule", _SCHEDULES, "linear"),
+        "num_timesteps": cfg.get("num_train_timesteps", 1000),
+        "beta_start": cfg.get("beta_start", 1e-4),
+        "beta_end": cfg.get("beta_end", 0.02),
+        "prediction": pick("prediction_type", _PREDICTIONS, "epsilon"),
+        "variance": pick("variance_type", _VARIANCES, "fixed_small"),
+        "clip_denoised": cfg.get("clip_sample", True),
+    })
 
 
 def _rename(key: str) -> str:

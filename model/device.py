@@ -19,20 +19,25 @@ class DeviceError(ValueError):
     """A device that this machine does not have; the message names it and what there is."""
 
 
-def resolve_device(device: str | torch.device = "auto") -> torch.device:
-    """"auto" is CUDA when there is one, else the CPU."""
-    if str(device) == "auto":
+def resolve_device(device: str | torch.device = "auto", setting: str = "device") -> torch.device:
+    """"auto" is CUDA when there is one, else the CPU. A device torch cannot parse, or one this
+    host lacks, is a DeviceError naming ``setting`` (e.g. "--device", "DDPM_DEVICE"), raised
+    before anything is built on it."""
+    name = str(device)
+    if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     try:
         resolved = torch.device(device)
-    except (RuntimeError, TypeError) as exc:
-        raise DeviceError(f"device={str(device)!r} is not a device name (auto, cpu, cuda, cuda:N)") from exc
+    except (RuntimeError, TypeError, ValueError):
+        raise DeviceError(f"{setting}={name!r} is not a device (auto, cpu, cuda, cuda:N)") from None
     if resolved.type == "cuda":
         count = torch.cuda.device_count() if torch.cuda.is_available() else 0
         if count == 0:
-            raise DeviceError(f"device={str(device)!r}, but this machine has no CUDA device (use auto or cpu)")
+            raise DeviceError(f"{setting}={name!r}: this host has no CUDA device (use cpu or auto)")
         if resolved.index is not None and resolved.index >= count:
-            raise DeviceError(f"device={str(device)!r}, but this machine has {count} CUDA device(s)")
+            raise DeviceError(f"{setting}={name!r}: this host has {count} CUDA device(s)")
+    elif resolved.type != "cpu":
+        raise DeviceError(f"{setting}={name!r}: only cpu and cuda devices are supported")
     return resolved
 
 

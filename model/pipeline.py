@@ -14,8 +14,9 @@ from tqdm import tqdm
 from .batch import RowBatch, RowSpec
 from .checkpoint import build_unet, read_checkpoint
 from .config import ModelConfig
-from .device import resolve_device, resolve_dtype
-from .runner import Denoiser, gflops_per_image
+from .device import resolve_device
+from .runner import gflops_per_image
+from .runtimes import Runner, RuntimeChoice, RuntimeOptions, build_runner, choose_runtime, runtime_dtype
 from .samplers import SamplerPlan, build_plan
 from .schedule import NoiseSchedule
 from .unet import UNet
@@ -25,7 +26,12 @@ MAX_SEED = 2**63 - 1
 
 
 class DiffusionModel:
-    """``unet`` (the raw network), ``config``, ``schedule``, and ``sample()``."""
+    """``unet`` (the raw network), ``config``, ``schedule``, and ``sample()``.
+
+    ``runtime`` picks what runs the network: "torch" (``model.runner.Denoiser``), "onnxruntime"
+    or "openvino" (the network exported to ONNX, ``model.runtimes``), or "auto" (the rule in
+    ``model.runtimes.choice``); ``runtime_choice`` says what was picked and why.
+    """
 
     def __init__(
         self,
@@ -37,15 +43,20 @@ class DiffusionModel:
         channels_last: bool = True,
         compile: bool = False,
         buckets: Sequence[int] | None = None,
+        runtime: str = "torch",
+        runtime_options: RuntimeOptions | None = None,
     ) -> None:
         self.config = config
         self.device = resolve_device(device)
         self.unet = unet.to(self.device).eval()
         self.schedule = NoiseSchedule.from_config(config.diffusion, self.device)
         self.gflops_per_image = gflops_per_image(self.unet)  # one counted forward pass, before any cast
-        self.dtype = resolve_dtype(dtype, self.device, self.gflops_per_image)
-        self.denoiser = Denoiser(self.unet, dtype=self.dtype, channels_last=channels_last, compile=compile,
-                                 buckets=buckets)
+        self.runtime_choice: RuntimeChoice = choose_runtime(
+            runtime, device=self.device, dtype=dtype, gflops_per_image=self.gflops_per_image, compile=compile)
+        self.dtype = runtime_dtype(self.runtime_choice, dtype, self.device, self.gflops_per_image)
+        self.denoiser: Runner = build_runner(
+            self.runtime_choice, self.unet, config, dtype=self.dtype, channels_last=channels_last, compile=compile,
+            buckets=buckets, gflops_per_image=self.gflops_per_image, options=runtime_options)
 
     @property
     def image_shape(self) -> tuple[int, int, int]:
@@ -142,6 +153,8 @@ def load_checkpoint(
     channels_last: bool = True,
     compile: bool = False,
     buckets: Sequence[int] | None = None,
+    runtime: str = "torch",
+    runtime_options: RuntimeOptions | None = None,
 ) -> DiffusionModel:
     """Rebuild a model from a checkpoint file alone (the embedded digits model when ``path`` is None).
 
@@ -149,9 +162,11 @@ def load_checkpoint(
     default: on a CPU it was measured as fast or faster for both networks in both precisions at
     serving batch sizes (docs/benchmarks.md), and it is the layout GPU tensor cores use; ``compile`` pads batches to
     ``buckets`` and compiles one graph per bucket (``Denoiser.warm_up`` builds them all).
+    ``runtime`` is "torch", "onnxruntime", "openvino" or "auto" (``model.runtimes.choice``);
+    ``runtime_options`` sets the threads and export cache of the non-torch runtimes.
     """
     path = EMBEDDED_CHECKPOINT if path is None else Path(path)
     config, tensors = read_checkpoint(path)
     unet = build_unet(config, tensors, path)
     return DiffusionModel(config, unet, device=device, dtype=dtype, channels_last=channels_last,
-                          compile=compile, buckets=buckets)
+                          compile=compile, buckets=buckets, runtime=runtime, runtime_options=runtime_options)

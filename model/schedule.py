@@ -39,7 +39,6 @@ class Float64Schedule:
 
     betas: np.ndarray
     alphas_cumprod: np.ndarray
-    alphas_cumprod_prev: np.ndarray
     posterior_variance: np.ndarray
     posterior_log_variance_clipped: np.ndarray
     posterior_mean_coef1: np.ndarray
@@ -64,7 +63,6 @@ class NoiseSchedule:
         self.f64 = Float64Schedule(
             betas=betas,
             alphas_cumprod=ac,
-            alphas_cumprod_prev=ac_prev,
             posterior_variance=post_var,
             posterior_log_variance_clipped=post_logvar,
             posterior_mean_coef1=betas * np.sqrt(ac_prev) / (1.0 - ac),
@@ -76,11 +74,10 @@ class NoiseSchedule:
         def buf(a: np.ndarray) -> torch.Tensor:
             return torch.from_numpy(a).to(device=self.device, dtype=torch.float32)
 
-        self.betas = buf(betas)
-        self.alphas_cumprod = buf(ac)
+        # On the device: what q_sample (eq. 4) and the bound (eqs. 5-7) read per row; the rest
+        # is used where it is computed, in float64 (``f64``).
         self.sqrt_alphas_cumprod = buf(np.sqrt(ac))
         self.sqrt_one_minus_alphas_cumprod = buf(np.sqrt(1.0 - ac))
-        self.posterior_variance = buf(post_var)
         self.posterior_log_variance_clipped = buf(post_logvar)
         self.posterior_mean_coef1 = buf(self.f64.posterior_mean_coef1)
         self.posterior_mean_coef2 = buf(self.f64.posterior_mean_coef2)

@@ -87,7 +87,7 @@ def test_a_device_this_machine_lacks_is_one_clear_error() -> None:
     from model.device import DeviceError, resolve_device
 
     assert resolve_device("cpu") == torch.device("cpu")
-    with pytest.raises(DeviceError, match="'gpu7' is not a device name"):
+    with pytest.raises(DeviceError, match="'gpu7' is not a device"):
         resolve_device("gpu7")
     if not torch.cuda.is_available():
         with pytest.raises(DeviceError, match="no CUDA device"):

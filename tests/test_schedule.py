@@ -38,8 +38,8 @@ def test_derived_quantities(kind: str) -> None:
     assert np.isfinite(f.posterior_log_variance_clipped).all()
     assert f.posterior_log_variance_clipped[0] == pytest.approx(np.log(f.posterior_variance[1]))
     # float32 buffers, equal to the float64 values
-    assert s.alphas_cumprod.dtype == torch.float32
-    np.testing.assert_allclose(s.alphas_cumprod.numpy(), f.alphas_cumprod, rtol=1e-6)
+    assert s.sqrt_alphas_cumprod.dtype == torch.float32
+    np.testing.assert_allclose(s.sqrt_alphas_cumprod.numpy() ** 2, f.alphas_cumprod, rtol=1e-6)
 
 
 def test_bad_betas_are_refused() -> None:

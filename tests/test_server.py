@@ -160,7 +160,7 @@ def test_metrics_exposition(client: httpx.Client) -> None:
         ({"response_format": "jpeg"}, "response_format", "'png' or 'base64'"),
         ({"timeout_s": 0.5}, "timeout_s", "greater than or equal to 1"),
         ({"preview_every": -1}, "preview_every", "greater than or equal to 0"),
-        ({"colour": "red"}, "colour", "Extra inputs are not permitted"),
+        ({"colour": "red"}, "colour", "unknown key"),
         ({"n": "many"}, "n", "JSON number, not str"),
     ],
 )

@@ -82,6 +82,10 @@ def test_ddpm_eval_errors_are_named(tmp_path: Path, tiny_checkpoint: Path) -> No
     assert code == 2 and "does not record the data set" in err
     code, err = ddpm("eval", "--checkpoint", str(tiny_checkpoint), "--rows", "euler:3")
     assert code == 2 and "--rows entry 'euler:3' must be SAMPLER:STEPS" in err
+    code, err = ddpm("eval", "--checkpoint", str(tiny_checkpoint), "--device", "cuda:99")
+    assert code == 2 and err.count("\n") == 1 and "--device='cuda:99'" in err
+    code, err = ddpm("eval", "--checkpoint", str(tmp_path))
+    assert code == 2 and "is a directory, not a checkpoint file" in err
 
 
 def test_sampling_defaults_can_be_set_after_evaluation(tmp_path: Path, tiny_checkpoint: Path) -> None:

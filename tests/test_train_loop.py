@@ -160,3 +160,62 @@ def test_mixed_precision_on_cuda(tmp_path: Path, precision: str) -> None:
     assert (meta["scaler"] is not None) == (precision == "fp16")
     model = load_checkpoint(tmp_path / "ema.safetensors", device="cuda")
     assert model.sample(2, seed=0, label=[1, 2]).shape == (2, 8, 8, 1)
+
+
+def test_an_unlabelled_run_reports_what_it_can_and_exits_0(tmp_path: Path) -> None:
+    """--data.labels=false on digits trains an unconditional model; the final check still
+    measures the loss, the bound and the FD (the judge learns the digits' own labels), with
+    accuracy n/a because the model cannot be asked for a digit."""
+    run = tmp_path / "unlabelled"
+    train_tiny(run, "--data.labels=false", "--train.steps=2", "--log.eval_samples=20")
+    cfg = read_checkpoint(run / "ema.safetensors")[0]
+    assert cfg.num_classes is None and cfg.class_names is None and cfg.class_aliases == {}
+    evals = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()
+             if json.loads(line)["kind"] == "eval"]
+    assert len(evals) == 1 and evals[0]["accuracy"] is None
+    assert np.isfinite(evals[0]["heldout_loss"]) and evals[0]["fd"] > 0 and evals[0]["floor"] > 0
+
+
+def test_the_checkpoint_is_named_after_its_run(tmp_path: Path) -> None:
+    """The served name is the run's, not the preset's (two runs of one preset differ);
+    --model.name overrides it, and a resumed run keeps it."""
+    train_tiny(tmp_path / "my-run", "--train.steps=1")
+    assert read_checkpoint(tmp_path / "my-run" / "ema.safetensors")[0].name == "my-run"
+    train_tiny(tmp_path / "other", "--train.steps=1", "--model.name=digits-v2")
+    assert read_checkpoint(tmp_path / "other" / "ema.safetensors")[0].name == "digits-v2"
+    train_tiny(tmp_path / "other", "--train.steps=2", resume=True)
+    assert read_checkpoint(tmp_path / "other" / "ema.safetensors")[0].name == "digits-v2"
+
+
+@pytest.mark.parametrize("command", [["train", *TINY_ARGS], ["eval", "--quick"]])
+def test_without_the_train_extra_one_line_names_the_install(tmp_path: Path, command: list[str]) -> None:
+    """scikit-learn made unimportable, as in an install without the train extra."""
+    script = textwrap.dedent(f"""
+        import sys
+        sys.modules["sklearn"] = None  # any import of sklearn now raises ImportError
+        import cli
+        sys.exit(cli.main({[*command, "--run-dir" if command[0] == "train" else "--out", str(tmp_path / "x")]!r}))
+    """)
+    proc = subprocess.run([PYTHON, "-c", script], capture_output=True, text=True, env=subprocess_env(), timeout=300)
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and "Traceback" not in proc.stderr
+    assert "needs scikit-learn" in lines[0] and "pip install -e '.[train]'" in lines[0]
+
+
+def test_monitor_and_trainer_do_not_import_each_other_and_functions_stay_short() -> None:
+    import ast
+
+    def imported(path: Path) -> set[str]:
+        tree = ast.parse(path.read_text())
+        return {node.module or "" for node in ast.walk(tree) if isinstance(node, ast.ImportFrom)}
+
+    assert "trainer" not in imported(REPO / "training" / "monitor.py")
+    long = []
+    for path in sorted((REPO / "training").glob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef):
+                lines = (node.end_lineno or node.lineno) - node.lineno + 1
+                if lines > 60:
+                    long.append(f"{path.name}:{node.name} ({lines} lines)")
+    assert not long, long

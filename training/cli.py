@@ -7,12 +7,16 @@ the way) print one line naming the key or path and exit with status 2, without a
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import sys
 from pathlib import Path
 
 from model import CheckpointError
 from model.config import ConfigError
+from model.device import resolve_device
 
+from .config import RunConfig
+from .presets import PRESETS
 from .sources import load_run_config, parse_overrides
 from .state import StateError
 
@@ -48,12 +52,22 @@ def train_main(args: argparse.Namespace, overrides: list[str]) -> int:
         else:
             run = load_run_config(args.config or "digits", overrides)
             run_dir = Path(args.run_dir or f"runs/{run.model_name()}")
+            run = name_from_run(run, run_dir, preset=(args.config or "digits") in PRESETS, overrides=overrides)
         typed = ["train"] + (["--config", args.config] if args.config else []) + (["--resume"] if args.resume else [])
         typed += ["--run-dir", str(args.run_dir)] if args.run_dir else []
         trainer = Trainer(run, run_dir, resume=args.resume, command=command_line([*typed, *overrides]))
     except (ConfigError, CheckpointError, StateError) as exc:
         return _error("train", exc)
     return trainer.fit()
+
+
+def name_from_run(run: RunConfig, run_dir: Path, *, preset: bool, overrides: list[str]) -> RunConfig:
+    """The served name of what this run trains: the run folder's name, unless --model.name or
+    the user's own config file names it. A preset's name only picks the default run folder, so
+    two runs of one preset are not both served as, say, "ddpm-digits"."""
+    if any(key == "model.name" for key, _ in parse_overrides(overrides)) or not preset:
+        return run
+    return dataclasses.replace(run, model={**run.model, "name": run_dir.resolve().name})
 
 
 def _floats(text: str | None) -> list[float]:
@@ -84,8 +98,10 @@ def eval_main(args: argparse.Namespace) -> int:
     from .report import markdown, write_report
 
     try:
+        resolve_device(args.device, "--device")
         opts = EvalOptions(
             checkpoint=args.checkpoint, out=Path(args.out), quick=args.quick, device=args.device, dtype=args.dtype,
+            runtime=args.runtime,
             samples=args.samples, bpd_images=args.bpd_images, guidance=_floats(args.guidance),
             batch_size=args.batch_size, seed=args.seed,
             data={"dataset": args.dataset, "path": args.data_path},

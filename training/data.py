@@ -24,6 +24,7 @@ from PIL import Image
 from model.config import ConfigError
 
 from .config import DataConfig, DataShape
+from .extras import missing_sklearn
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff")
 
@@ -63,7 +64,10 @@ def to_model_range(levels_u8: torch.Tensor, levels: int) -> torch.Tensor:
 
 def load_digits() -> ImageData:
     """scikit-learn's bundled 1,797 8x8 digits: values 0..16 (17 levels), labels 0-9; nothing is downloaded."""
-    from sklearn.datasets import load_digits as sk_digits
+    try:
+        from sklearn.datasets import load_digits as sk_digits
+    except ImportError:
+        raise missing_sklearn("data.dataset='digits'") from None
 
     bunch = sk_digits()
     images = torch.from_numpy(bunch.images.astype(np.uint8)).unsqueeze(1)

@@ -7,6 +7,7 @@ model was trained on.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import time
 from collections.abc import Sequence
@@ -19,8 +20,9 @@ import torch
 from tqdm import tqdm
 
 from model import DiffusionModel, ModelConfig, UNet, load_checkpoint
-from model.config import ConfigError, build_dataclass
+from model.config import ConfigError
 from model.schedule import NoiseSchedule
+from model.validation import parse
 from model.vlb import prior_bpd, timestep_bpd, variational_bound
 
 from .config import DataConfig
@@ -34,13 +36,68 @@ DEFAULT_ROWS: tuple[tuple[str, int], ...] = (
 )
 
 
-def make_referee(data: ImageData, train_idx: np.ndarray, held_idx: np.ndarray) -> DigitsReferee:
-    """The digits judge trained on the training split, comparing against the held-out split."""
-    if data.labels is None:
-        raise ConfigError("the digits quality report needs the digits' labels to train its classifier")
+def make_referee(data: ImageData, train_idx: np.ndarray, held_idx: np.ndarray,
+                 labels: torch.Tensor | None = None) -> DigitsReferee:
+    """The digits judge trained on the training split, comparing against the held-out split.
+
+    ``labels`` are the digits' own labels when ``data`` was loaded without them (a model
+    trained with data.labels=false): the judge is an instrument of evaluation, not part of the
+    model, so it may learn the classes the model never saw.
+    """
+    labels = data.labels if labels is None else labels
+    if labels is None:
+        raise ConfigError("the digits quality check needs the digits' labels to train its classifier")
     x = data.images.reshape(len(data), -1).numpy().astype(np.int64)
-    y = data.labels.numpy()
+    y = labels.numpy()
     return DigitsReferee(x[train_idx], y[train_idx], x[held_idx], y[held_idx], levels=data.levels)
+
+
+class HeldOut:
+    """The held-out split of a run's data: what the trainer's periodic checks and ``ddpm eval``
+    judge on, with the digits judge for digits (built on first use: it fits a classifier)."""
+
+    def __init__(self, data_cfg: DataConfig, data: ImageData, train_idx: np.ndarray, held_idx: np.ndarray) -> None:
+        self.data_cfg, self.data = data_cfg, data
+        self.train_idx, self.held_idx = train_idx, held_idx
+        self._referee: DigitsReferee | None = None
+
+    def __len__(self) -> int:
+        return len(self.held_idx)
+
+    @property
+    def judged(self) -> bool:
+        """Whether there is a sample-quality judge for this data (digits only)."""
+        return self.data_cfg.dataset == "digits" and len(self.held_idx) > 0
+
+    def batch(self, n: int, conditional: bool) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """The first ``n`` held-out images, with their labels when the model takes labels."""
+        idx = torch.from_numpy(self.held_idx[:n])
+        labels = self.data.labels[idx] if conditional and self.data.labels is not None else None
+        return self.data.images[idx], labels
+
+    def referee(self) -> DigitsReferee:
+        if self._referee is None:
+            labels = self.data.labels
+            if labels is None:  # trained without labels: the judge still learns the digits' classes
+                labels = load_data(dataclasses.replace(self.data_cfg, labels=True)).labels
+            self._referee = make_referee(self.data, self.train_idx, self.held_idx, labels)
+        return self._referee
+
+
+@torch.no_grad()
+def periodic_check(model: DiffusionModel, heldout: HeldOut, samples: int, seed: int = 0) -> dict[str, Any]:
+    """The trainer's check of its EMA weights: held-out L_simple and bound estimate on up to 512
+    images and, for digits, one quality row at the model's defaults (``samples`` images)."""
+    record: dict[str, Any] = {}
+    if len(heldout):
+        images, labels = heldout.batch(512, model.config.num_classes is not None)
+        record.update(heldout_loss(model.unet, model.config, images, labels, heldout.data.levels, model.device,
+                                   seed=seed))
+    if heldout.judged and samples > 0:
+        row = quality_row(model, heldout.referee(), samples, progress=False)
+        record.update({k: row[k] for k in ("sampler", "steps", "guidance", "fd", "floor", "fd_ratio", "accuracy",
+                                           "confident")})
+    return record
 
 
 @torch.no_grad()
@@ -129,6 +186,7 @@ class EvalOptions:
     quick: bool = False
     device: str = "auto"
     dtype: str = "float32"  # the network's precision; "bfloat16" for the precision-vs-quality table
+    runtime: str = "torch"  # what runs the network (model.runtimes); torch is the reference
     samples: int | None = None  # generated per row; default 1000 (quick: 50)
     bpd_images: int | None = None  # held-out images for the bound; default all (quick: 20)
     guidance: Sequence[float] = field(default_factory=tuple)  # extra rows at the default sampler
@@ -146,57 +204,68 @@ def data_config_of(cfg: ModelConfig, overrides: dict[str, Any]) -> DataConfig:
         raise ConfigError("this checkpoint does not record the data set it was trained on (provenance.data); "
                           "pass --dataset (and --data-path) to name the held-out data")
     keys = ("dataset", "path", "holdout", "split_seed", "labels", "image_size", "channels")
-    return build_dataclass(DataConfig, {k: recorded[k] for k in keys if k in recorded}, prefix="data.")
+    return parse(DataConfig, {k: recorded[k] for k in keys if k in recorded}, prefix="data")
 
 
 def evaluate(opts: EvalOptions) -> dict[str, Any]:
     """Run the whole evaluation; returns the report (images of the rows included, for the grids)."""
-    model = load_checkpoint(opts.checkpoint, device=opts.device, dtype=opts.dtype)
+    model = load_checkpoint(opts.checkpoint, device=opts.device, dtype=opts.dtype, runtime=opts.runtime)
     cfg = model.config
     data_cfg = data_config_of(cfg, opts.data)
     data = load_data(data_cfg)
     if tuple(data.images.shape[1:]) != model.image_shape:
         raise ConfigError(f"the data set's images are {tuple(data.images.shape[1:])}, the model's {model.image_shape}")
-    train_idx, held_idx = split_data(data, data_cfg)
-    if not len(held_idx):
+    heldout = HeldOut(data_cfg, data, *split_data(data, data_cfg))
+    if not len(heldout):
         raise ConfigError(f"data.holdout={data_cfg.holdout}: no held-out images to evaluate on")
     report: dict[str, Any] = {
         "checkpoint": str(opts.checkpoint or "embedded"), "model": cfg.name, "quick": opts.quick,
         "num_classes": cfg.num_classes,
         "device": str(model.device), "dtype": str(model.dtype).removeprefix("torch."),
-        "data": {**data_cfg.__dict__, "heldout_images": len(held_idx)},
+        "data": {**dataclasses.asdict(data_cfg), "heldout_images": len(heldout)},
         "trained_steps": cfg.provenance.get("steps"),
     }
-    n_bpd = opts.bpd_images if opts.bpd_images is not None else (20 if opts.quick else len(held_idx))
-    idx = torch.from_numpy(held_idx[:n_bpd])
-    labels = data.labels[idx] if cfg.num_classes is not None and data.labels is not None else None
-    report["bpd"] = {}
-    if n_bpd > 0:
-        report["bpd"]["unconditional"] = bits_per_dim(model, data.images[idx], None, data.levels,
-                                                      batch_size=opts.batch_size, desc="bound p(x)")
-    if labels is not None and n_bpd > 0:
-        report["bpd"]["conditional"] = bits_per_dim(model, data.images[idx], labels, data.levels,
-                                                    batch_size=opts.batch_size, desc="bound p(x|y)")
-    if data_cfg.dataset != "digits":
-        report["rows"] = []
-        return report
-    referee = make_referee(data, train_idx, held_idx)
+    n_bpd = opts.bpd_images if opts.bpd_images is not None else (20 if opts.quick else len(heldout))
+    report["bpd"] = bound_section(model, heldout, n_bpd, opts.batch_size)
+    report["rows"] = []
+    if heldout.judged:
+        report.update(quality_section(model, heldout, opts))
+    return report
+
+
+def bound_section(model: DiffusionModel, heldout: HeldOut, n: int, batch_size: int) -> dict[str, Any]:
+    """The full bound on the first ``n`` held-out images: p(x) with the null label and, for a
+    conditional model, p(x|y) with the true labels."""
+    images, labels = heldout.batch(n, model.config.num_classes is not None)
+    out: dict[str, Any] = {}
+    if n > 0:
+        out["unconditional"] = bits_per_dim(model, images, None, heldout.data.levels, batch_size=batch_size,
+                                            desc="bound p(x)")
+    if labels is not None and n > 0:
+        out["conditional"] = bits_per_dim(model, images, labels, heldout.data.levels, batch_size=batch_size,
+                                          desc="bound p(x|y)")
+    return out
+
+
+def quality_section(model: DiffusionModel, heldout: HeldOut, opts: EvalOptions) -> dict[str, Any]:
+    """One quality row per sampler and step count (plus the model's default and extra guidance
+    weights), each judged against the held-out digits; accuracy is n/a for an unconditional model."""
+    cfg, referee = model.config, heldout.referee()
     n = opts.samples or (50 if opts.quick else 1000)
     real = referee.real_heldout()
     floor, floor_std = referee.floor(n)
-    report["real_heldout"] = {"accuracy": real.accuracy, "confident": real.confident, "floor": floor,
-                              "floor_std": floor_std, "n": n}
     s = cfg.sampling
     rows = list(dict.fromkeys([(name, min(steps, cfg.diffusion.num_timesteps)) for name, steps in opts.rows]))
     plan: list[tuple[str, int, float]] = [(name, steps, s.guidance) for name, steps in rows]
     extra = [(s.sampler, s.steps, s.guidance)] + [(s.sampler, s.steps, float(w)) for w in opts.guidance]
     plan += [p for p in extra if p not in plan]
-    report["rows"] = []
+    out: list[dict[str, Any]] = []
     for name, steps, w in plan:
         row = quality_row(model, referee, n, sampler=name, steps=steps, guidance=w, seed=opts.seed,
                           batch_size=opts.batch_size)
         row["default"] = (name, steps, w) == (s.sampler, s.steps, s.guidance)
-        report["rows"].append(row)
+        out.append(row)
         tqdm.write(f"{name} {steps} steps, w={w}: FD {row['fd']:.3f} (floor {floor:.3f}, x{row['fd_ratio']:.2f}), "
                    f"accuracy {row['accuracy']}, confident {row['confident']:.3f}, {row['seconds']:.0f}s")
-    return report
+    return {"real_heldout": {"accuracy": real.accuracy, "confident": real.confident, "floor": floor,
+                             "floor_std": floor_std, "n": n}, "rows": out}

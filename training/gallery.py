@@ -13,7 +13,7 @@ from pathlib import Path
 
 from model import load_checkpoint
 
-from .monitor import label_grid_labels, save_grid
+from .grids import label_grid_labels, save_grid
 
 
 def write_gallery(checkpoint: str | None, out: Path, per_label: int = 64, seed: int = 0,

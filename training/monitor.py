@@ -1,4 +1,9 @@
-"""What the main process records while training: metrics lines, sample grids, held-out checks."""
+"""What the main process records while training: metrics lines, sample grids, held-out checks.
+
+The monitor is given what it needs (run folder, logging config, model config, held-out data,
+device, seed) and the EMA network at each call; it knows nothing of the trainer. The checks
+themselves are ``training.evaluate``'s, shared with ``ddpm eval``.
+"""
 
 from __future__ import annotations
 
@@ -6,85 +11,48 @@ import json
 import math
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-import numpy as np
 import torch
 from tqdm import tqdm
 
-from model import DiffusionModel
-from model.images import encode_png, make_grid, upscale
+from model import DiffusionModel, ModelConfig, UNet
 
-from .evaluate import heldout_loss, make_referee, quality_row
-from .quality import DigitsReferee
-
-if TYPE_CHECKING:
-    from .trainer import Trainer
+from .config import LogConfig
+from .evaluate import HeldOut, periodic_check
+from .grids import label_grid_labels, save_grid
 
 METRICS_FILE = "metrics.jsonl"
 
 
-def label_grid_labels(n: int, num_classes: int | None) -> tuple[list[int | None], int | None]:
-    """Labels for a grid of about ``n`` images with one row per class, and its column count."""
-    if not num_classes:
-        return [None] * n, None
-    per_class = max(1, n // num_classes)
-    return [k for k in range(num_classes) for _ in range(per_class)], per_class
-
-
-def save_grid(path: Path, images: np.ndarray, ncols: int | None) -> Path:
-    """A PNG grid, enlarged so that small images stay visible."""
-    factor = max(1, 32 // images.shape[1])
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_bytes(encode_png(upscale(make_grid(images, ncols=ncols), factor), compress_level=6))
-    return path
-
-
 class Monitor:
-    def __init__(self, trainer: Trainer) -> None:
-        self.trainer = trainer
-        self.path = trainer.run_dir / METRICS_FILE
-        self._referee: DigitsReferee | None = None
+    def __init__(self, run_dir: Path, log: LogConfig, model_cfg: ModelConfig, heldout: HeldOut,
+                 device: torch.device, seed: int = 0) -> None:
+        self.run_dir, self.log_cfg, self.model_cfg = run_dir, log, model_cfg
+        self.heldout, self.device, self.seed = heldout, device, seed
+        self.path = run_dir / METRICS_FILE
 
     def log(self, record: dict[str, Any]) -> None:
         """One JSON line, flushed at once so a kill loses nothing already logged."""
         with open(self.path, "a") as fh:
             fh.write(json.dumps(record) + "\n")
 
-    def ema_model(self) -> DiffusionModel:
-        tr = self.trainer
-        return DiffusionModel(tr.model_cfg, tr.ema.module, device=tr.device)
+    def model(self, net: UNet) -> DiffusionModel:
+        return DiffusionModel(self.model_cfg, net, device=self.device)
 
     @torch.no_grad()
-    def sample_grid(self, step: int) -> Path:
-        """EMA samples at the model's default sampler, one row per class, fixed seeds across the run."""
-        tr = self.trainer
-        labels, ncols = label_grid_labels(tr.run_cfg.log.num_samples, tr.model_cfg.num_classes)
-        images = self.ema_model().sample(len(labels), seed=0, label=labels)
-        return save_grid(tr.run_dir / "samples" / f"step_{step:07d}.png", images, ncols)
-
-    def referee(self) -> DigitsReferee:
-        if self._referee is None:
-            tr = self.trainer
-            self._referee = make_referee(tr.data, tr.train_idx, tr.held_idx)
-        return self._referee
+    def sample_grid(self, step: int, net: UNet) -> Path:
+        """Samples of ``net`` at the model's default sampler, one row per class, fixed seeds across the run."""
+        labels, ncols = label_grid_labels(self.log_cfg.num_samples, self.model_cfg.num_classes)
+        images = self.model(net).sample(len(labels), seed=0, label=labels)
+        return save_grid(self.run_dir / "samples" / f"step_{step:07d}.png", images, ncols)
 
     @torch.no_grad()
-    def evaluate(self, step: int) -> dict[str, Any]:
-        """Held-out L_simple and bound estimate with the EMA weights; for digits, a quick quality row."""
-        tr = self.trainer
+    def evaluate(self, step: int, net: UNet) -> dict[str, Any]:
+        """Held-out L_simple and bound estimate of ``net``; for digits, a quick quality row."""
         start = time.perf_counter()
         record: dict[str, Any] = {"kind": "eval", "step": step}
-        if len(tr.held_idx):
-            idx = torch.from_numpy(tr.held_idx[:512])
-            labels = tr.data.labels[idx] if tr.conditional and tr.data.labels is not None else None
-            record.update(heldout_loss(tr.ema.module, tr.model_cfg, tr.data.images[idx], labels,
-                                       tr.data.levels, tr.device, seed=tr.run_cfg.train.seed))
-        n = tr.run_cfg.log.eval_samples
-        if tr.run_cfg.data.dataset == "digits" and n > 0 and len(tr.held_idx):
-            row = quality_row(self.ema_model(), self.referee(), n, progress=False)
-            record.update({k: row[k] for k in ("sampler", "steps", "guidance", "fd", "floor", "fd_ratio",
-                                                "accuracy", "confident")})
+        record.update(periodic_check(self.model(net), self.heldout, self.log_cfg.eval_samples, seed=self.seed))
         record["eval_s"] = time.perf_counter() - start
         self.log(record)
         shown = {k: v for k, v in record.items() if isinstance(v, float) and math.isfinite(v) and k != "eval_s"}

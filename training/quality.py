@@ -17,6 +17,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from .extras import missing_sklearn
+
 CONFIDENT = 0.9
 
 
@@ -48,7 +50,10 @@ class DigitsJudge:
     """An MLP classifier on real digits (pixels / (levels - 1)), and its hidden layer as features."""
 
     def __init__(self, x_levels: np.ndarray, labels: np.ndarray, levels: int = 17, seed: int = 0) -> None:
-        from sklearn.neural_network import MLPClassifier
+        try:
+            from sklearn.neural_network import MLPClassifier
+        except ImportError:
+            raise missing_sklearn("the digits quality check") from None
 
         self.levels = levels
         self.clf = MLPClassifier(hidden_layer_sizes=(64,), alpha=1e-4, max_iter=1000, random_state=seed)
@@ -70,9 +75,6 @@ class Judgement:
     fd: float
     accuracy: float | None
     confident: float
-
-    def as_dict(self) -> dict[str, float | None]:
-        return {"fd": self.fd, "accuracy": self.accuracy, "confident": self.confident}
 
 
 class DigitsReferee:

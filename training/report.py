@@ -6,7 +6,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from .monitor import save_grid
+from .grids import save_grid
 
 
 def row_name(row: dict[str, Any]) -> str:

@@ -15,7 +15,12 @@ from typing import Any
 
 from model.config import ConfigError
 
-from .config import _SCHEMA, SECTIONS, RunConfig, _require, build_run_config
+from .config import SECTION_TYPES, SECTIONS, RunConfig, build_run_config
+
+
+def _require(ok: bool, message: str) -> None:
+    if not ok:
+        raise ConfigError(message)
 
 
 def _toml() -> Any:
@@ -94,13 +99,13 @@ def apply_overrides(raw: dict[str, Any], overrides: Sequence[tuple[str, Any]]) -
             parent = ".".join(parts[:i])
             if parent == "model.provenance":  # free-form
                 break
-            cls = _SCHEMA.get(parent)
+            cls = SECTION_TYPES.get(parent)
             _require(cls is not None, f"--{key}: {parent} is a value, not a section")
             assert cls is not None
             names = [f.name for f in dataclasses.fields(cls)]
             _require(parts[i] in names, f"--{key}: unknown key {parent}.{parts[i]}; "
                      f"allowed: {', '.join(f'{parent}.{n}' for n in names)}")
-        _require(key not in _SCHEMA, f"--{key}: {key} is a section; set one of its keys")
+        _require(key not in SECTION_TYPES, f"--{key}: {key} is a section; set one of its keys")
         node = out
         for i, part in enumerate(parts[:-1]):
             child = node.setdefault(part, {})

@@ -13,6 +13,7 @@ samples/step_NNNNNNN.png.
 from __future__ import annotations
 
 import contextlib
+import gc
 import json
 import math
 import signal
@@ -36,6 +37,7 @@ from .config import RunConfig, resolve_model
 from .data import BatchOrder, load_data, split_data, to_model_range
 from .distributed import Dist, setup
 from .ema import EMA, ema_decay
+from .evaluate import HeldOut
 from .monitor import METRICS_FILE, Monitor
 from .provenance import base_provenance, now_utc
 from .state import capture_rng, load_state, save_state
@@ -85,6 +87,23 @@ class StopRequested:
                 signal.signal(s, h)
 
 
+class Window:
+    """Loss, gradient norm and time of the steps since the last metrics line."""
+
+    def __init__(self) -> None:
+        self.clear()
+
+    def add(self, loss: float, norm: float, seconds: float) -> None:
+        self.losses.append(loss)
+        self.norms.append(norm)
+        self.seconds += seconds
+
+    def clear(self) -> None:
+        self.losses: list[float] = []
+        self.norms: list[float] = []
+        self.seconds = 0.0
+
+
 class Trainer:
     def __init__(self, run: RunConfig, run_dir: Path, *, resume: bool, command: str) -> None:
         self.run_cfg, self.run_dir = run, run_dir
@@ -99,30 +118,42 @@ class Trainer:
             raise
 
     def _build(self, run: RunConfig, run_dir: Path, *, resume: bool, command: str) -> None:
+        """Each step in the order it must happen; see the step's docstring for why."""
         tc, d = run.train, self.dist
         if tc.batch_size % d.world_size:
             raise ConfigError(f"train.batch_size={tc.batch_size} must be divisible by the {d.world_size} processes")
-        self.device = d.device
-        self.precision = self._precision(tc.precision)
-
-        self.data = load_data(run.data)
-        self.train_idx, self.held_idx = split_data(self.data, run.data)
-        data_info = {"dataset": run.data.dataset, "path": run.data.path, "holdout": run.data.holdout,
-                     "split_seed": run.data.split_seed, "labels": run.data.labels,
-                     "train_images": len(self.train_idx), "heldout_images": len(self.held_idx)}
-        if run.data.dataset == "folder":
-            data_info.update(image_size=run.data.image_size, channels=run.data.channels)
-        self.model_cfg = resolve_model(run.model, self.data.shape, {})
-        self.conditional = self.model_cfg.num_classes is not None
-
-        state_meta: dict[str, Any] = {}
-        state_path = run_dir / STATE_FILE
-        if not resume and state_path.exists():
+        if not resume and (run_dir / STATE_FILE).exists():
             raise ConfigError(f"--run-dir {run_dir} already holds a run ({STATE_FILE}); "
                               "pass --resume to continue it, or choose another --run-dir")
+        self.device = d.device
+        self.precision = self._precision(tc.precision)
+        data_info = self._load_data(run)
+        self.model_cfg = resolve_model(run.model, self.data.shape, {})
+        self.conditional = self.model_cfg.num_classes is not None
+        self._make_network(run)
         self.commands = [command]
+        if resume:
+            self._restore(run_dir / STATE_FILE, command)
+        self.provenance_base = base_provenance(data_info, self.commands, d.world_size, str(self.device))
+        self._place_data()
+        self._wrap_network()
+        self.monitor = self._open_run_dir() if d.main else None
 
-        # Same initial weights on every process (DDP also broadcasts rank 0's at wrap time).
+    def _load_data(self, run: RunConfig) -> dict[str, Any]:
+        """The data set and its held-out split; returns what provenance records of them."""
+        self.data = load_data(run.data)
+        self.train_idx, self.held_idx = split_data(self.data, run.data)
+        info = {"dataset": run.data.dataset, "path": run.data.path, "holdout": run.data.holdout,
+                "split_seed": run.data.split_seed, "labels": run.data.labels,
+                "train_images": len(self.train_idx), "heldout_images": len(self.held_idx)}
+        if run.data.dataset == "folder":
+            info.update(image_size=run.data.image_size, channels=run.data.channels)
+        return info
+
+    def _make_network(self, run: RunConfig) -> None:
+        """Network, EMA, optimizer and grad scaler, from the same seed on every process (DDP
+        also broadcasts rank 0's weights at wrap time); then per-process streams for dropout."""
+        tc, d = run.train, self.dist
         torch.manual_seed(tc.seed)
         self.net = UNet(self.model_cfg.unet).to(self.device)
         self.ema = EMA(self.net, run.ema.decay, run.ema.warmup)
@@ -133,17 +164,21 @@ class Trainer:
         # Dropout draws from the global generator: a different stream per process.
         torch.manual_seed(tc.seed * 1000 + d.rank + 1)
         np.random.seed((tc.seed * 1000 + d.rank) % 2**32)
-        if resume:
-            state_meta, restored = load_state(state_path, net=self.net, ema=self.ema, optimizer=self.optimizer,
-                                              scaler=self.scaler, rank=d.rank, device=self.device)
-            self.step, self.elapsed = int(state_meta["step"]), float(state_meta.get("elapsed_s", 0.0))
-            self.commands = [*state_meta.get("commands", []), command]
-            if not restored and d.main:
-                print(f"note: the state has RNG states for {len(state_meta['rng'])} process(es), not "
-                      f"{d.world_size}; dropout draws are reseeded (data order and noise are unaffected)",
-                      file=sys.stderr)
-        self.provenance_base = base_provenance(data_info, self.commands, d.world_size, str(self.device))
 
+    def _restore(self, state_path: Path, command: str) -> None:
+        """Weights, EMA, optimizer, scaler, step and RNG states from the resume state."""
+        d = self.dist
+        meta, restored = load_state(state_path, net=self.net, ema=self.ema, optimizer=self.optimizer,
+                                    scaler=self.scaler, rank=d.rank, device=self.device)
+        self.step, self.elapsed = int(meta["step"]), float(meta.get("elapsed_s", 0.0))
+        self.commands = [*meta.get("commands", []), command]
+        if not restored and d.main:
+            print(f"note: the state has RNG states for {len(meta['rng'])} process(es), not {d.world_size}; "
+                  "dropout draws are reseeded (data order and noise are unaffected)", file=sys.stderr)
+
+    def _place_data(self) -> None:
+        """The schedule, the batch order and the training split on the training device."""
+        tc = self.run_cfg.train
         self.schedule = NoiseSchedule.from_config(self.model_cfg.diffusion, self.device)
         self.order = BatchOrder(len(self.train_idx), tc.batch_size, tc.seed)
         self.images = self.data.images[torch.from_numpy(self.train_idx)].to(self.device)
@@ -151,19 +186,28 @@ class Trainer:
         if self.conditional:
             assert self.data.labels is not None
             self.labels = self.data.labels[torch.from_numpy(self.train_idx)].to(self.device)
+
+    def _wrap_network(self) -> None:
+        """DDP across processes, then torch.compile when asked: what the training step calls."""
+        d = self.dist
         self.model: torch.nn.Module = self.net
         if d.active:
             self.model = DistributedDataParallel(self.net, device_ids=[self.device] if self.device.type == "cuda"
                                                  else None)
-        if tc.compile:
+        if self.run_cfg.train.compile:
             self.model = torch.compile(self.model)  # type: ignore[assignment]
-        self.monitor = Monitor(self) if d.main else None
-        if d.main:
-            run_dir.mkdir(parents=True, exist_ok=True)
-            for stale in run_dir.glob(".*.tmp"):  # left by a kill mid-write; the real files are whole
-                stale.unlink(missing_ok=True)
-            (run_dir / CONFIG_FILE).write_text(json.dumps(stored_config(run, self.model_cfg), indent=2) + "\n")
-            self._trim_metrics()
+
+    def _open_run_dir(self) -> Monitor:
+        """Main process only: the run folder, cleared of partial writes, with config.json and a
+        metrics file that reads as one uninterrupted run; the monitor that writes into it."""
+        run, run_dir = self.run_cfg, self.run_dir
+        run_dir.mkdir(parents=True, exist_ok=True)
+        for stale in run_dir.glob(".*.tmp"):  # left by a kill mid-write; the real files are whole
+            stale.unlink(missing_ok=True)
+        (run_dir / CONFIG_FILE).write_text(json.dumps(stored_config(run, self.model_cfg), indent=2) + "\n")
+        self._trim_metrics()
+        heldout = HeldOut(run.data, self.data, self.train_idx, self.held_idx)
+        return Monitor(run_dir, run.log, self.model_cfg, heldout, self.device, seed=run.train.seed)
 
     def _precision(self, asked: str) -> str:
         cuda = self.device.type == "cuda"
@@ -257,45 +301,26 @@ class Trainer:
         stop = StopRequested()
         bar = tqdm(total=tc.steps, initial=self.step, disable=not d.main, unit="step", dynamic_ncols=True,
                    mininterval=1.0, desc="train")
-        losses: list[float] = []
-        norms: list[float] = []
-        step_time, last_saved = 0.0, self.step
+        window = Window()
+        last_saved = self.step
         loop_start, elapsed_before = time.perf_counter(), self.elapsed
         with stop.installed(), bar:
             while self.step < tc.steps:
                 t0 = time.perf_counter()
                 loss, norm = self.train_step(self.step)
                 self.step += 1
-                step_time += time.perf_counter() - t0
+                window.add(loss, norm, time.perf_counter() - t0)
                 self.elapsed = elapsed_before + time.perf_counter() - loop_start
-                losses.append(loss)
-                norms.append(norm)
                 bar.update(1)
                 done = self.step == tc.steps
-                if self.step % lc.every == 0 or done:
-                    mean_loss, mean_norm = d.all_reduce_mean([float(np.mean(losses)), float(np.mean(norms))])
-                    ips = len(losses) * tc.batch_size / step_time
-                    if not math.isfinite(mean_loss):
-                        print(f"\nerror: the loss is {mean_loss} at step {self.step}; lower train.lr or use "
-                              "train.precision=fp32", file=sys.stderr)
-                        d.close()
-                        return 1
-                    if self.monitor is not None:
-                        bar.set_postfix(loss=f"{mean_loss:.4f}", img_s=f"{ips:.0f}")
-                        self.monitor.log({"kind": "train", "step": self.step, "loss": mean_loss,
-                                          "grad_norm": mean_norm, "lr": lr_at(self.step - 1, tc),
-                                          "ema_decay": self.ema_decay(), "images_per_s": ips,
-                                          "epoch": self.order.epoch_of(self.step), "wall_s": self.elapsed})
-                    losses, norms, step_time = [], [], 0.0
+                if (self.step % lc.every == 0 or done) and not self._report(window, bar):
+                    self._close()
+                    return 1
                 stopping = d.any(stop.flag)
                 if self.step % lc.checkpoint_every == 0 or done or stopping:
                     self.save()
                     last_saved = self.step
-                if self.monitor is not None:
-                    if (lc.sample_every and self.step % lc.sample_every == 0) or done:
-                        self.monitor.sample_grid(self.step)
-                    if (lc.eval_every and self.step % lc.eval_every == 0) or done:
-                        self.monitor.evaluate(self.step)
+                self._check(done)
                 if stopping:
                     break
         if d.main:
@@ -304,8 +329,46 @@ class Trainer:
                   f"checkpoint {self.run_dir / EMA_FILE} (step {last_saved})"
                   + ("; continue with --resume" if self.step < tc.steps else ""), file=sys.stderr)
         d.barrier()
-        d.close()
+        self._close()
         return 0
+
+    def _close(self) -> None:
+        """Drop the DDP wrapper, which holds a reference to the process group, before destroying
+        the group, so that the group is released here rather than during interpreter exit. (A
+        gloo rank was seen to abort at exit with "terminate called without an active exception",
+        once in several runs; this is the suspected cause, not a proven one.)"""
+        self.model = self.net
+        gc.collect()
+        self.dist.close()
+
+    def _report(self, window: Window, bar: tqdm) -> bool:
+        """A metrics line for the steps since the last one (averaged over processes); False when
+        the loss is no longer finite, so the run stops rather than writing a broken checkpoint."""
+        tc = self.run_cfg.train
+        mean_loss, mean_norm = self.dist.all_reduce_mean([float(np.mean(window.losses)),
+                                                          float(np.mean(window.norms))])
+        ips = len(window.losses) * tc.batch_size / window.seconds
+        if not math.isfinite(mean_loss):
+            print(f"\nerror: the loss is {mean_loss} at step {self.step}; lower train.lr or use "
+                  "train.precision=fp32", file=sys.stderr)
+            return False
+        if self.monitor is not None:
+            bar.set_postfix(loss=f"{mean_loss:.4f}", img_s=f"{ips:.0f}")
+            self.monitor.log({"kind": "train", "step": self.step, "loss": mean_loss, "grad_norm": mean_norm,
+                              "lr": lr_at(self.step - 1, tc), "ema_decay": self.ema_decay(), "images_per_s": ips,
+                              "epoch": self.order.epoch_of(self.step), "wall_s": self.elapsed})
+        window.clear()
+        return True
+
+    def _check(self, done: bool) -> None:
+        """The periodic sample grid and held-out check of the EMA weights (main process)."""
+        lc = self.run_cfg.log
+        if self.monitor is None:
+            return
+        if (lc.sample_every and self.step % lc.sample_every == 0) or done:
+            self.monitor.sample_grid(self.step, self.ema.module)
+        if (lc.eval_every and self.step % lc.eval_every == 0) or done:
+            self.monitor.evaluate(self.step, self.ema.module)
 
     def ema_decay(self) -> float:
         """The decay of the last EMA update."""

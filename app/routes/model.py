@@ -22,6 +22,7 @@ def model_card(service: Service) -> dict[str, Any]:
         "channels": c.channels,
         "num_classes": c.num_classes,
         "class_names": list(c.class_names) if c.class_names else None,
+        "class_aliases": {name: list(aliases) for name, aliases in c.class_aliases.items()},
         "timesteps": c.diffusion.num_timesteps,
         "schedule": c.diffusion.schedule,
         "prediction": c.diffusion.prediction,
@@ -30,10 +31,11 @@ def model_card(service: Service) -> dict[str, Any]:
         "device": str(model.device),
         "dtype": str(model.dtype).removeprefix("torch."),
         "runner": {
+            **model.runtime_choice.as_dict(),
             "channels_last": denoiser.channels_last,
             "compiled": denoiser.compiled,
             "buckets": list(plan.buckets) if plan.buckets else None,
-            "threads": plan.threads,
+            "threads": getattr(denoiser, "threads", plan.threads),  # an ONNX session's own, else torch's
             "warmup_seconds": service.warmup_seconds,
             "load_seconds": service.load_seconds,
         },

@@ -1,0 +1,141 @@
+"""The server on the embedded model with each runtime, side by side (bench/runtime.py --server).
+
+Each server is a subprocess running ``python -m bench.runtime_server --runtime R --port P``: the
+model built with ``load_checkpoint(runtime=R)`` and handed to ``app.create_app(settings,
+model=model)``; every other setting from the usual ``DDPM_*`` variables. The clients are
+asyncio/httpx in the benchmark's process (bench/server.py's closed loop).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import httpx
+
+from bench.server import closed_loop, free_port, offline_images_per_s, percentiles
+
+ROOT = Path(__file__).resolve().parents[1]
+# Every server of a run exports the same network: keep the graph once on disk.
+CACHE = Path(tempfile.gettempdir()) / "ddpm-bench-onnx-cache"
+
+
+@contextmanager
+def runtime_server(runtime: str, log: Path, **settings: object) -> Iterator[str]:
+    port = free_port()
+    env = {**os.environ, **{f"DDPM_{k.upper()}": str(v) for k, v in settings.items()}}
+    with open(log, "ab") as out:
+        proc = subprocess.Popen([sys.executable, "-m", "bench.runtime_server", "--runtime", runtime,
+                                 "--port", str(port)], cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 300
+        while time.monotonic() < deadline:
+            if proc.poll() is not None:
+                raise RuntimeError(f"server for runtime={runtime} exited; see {log}")
+            try:
+                if httpx.get(f"{url}/readyz", timeout=2).status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            time.sleep(0.1)
+        else:
+            raise TimeoutError(f"server did not get ready; see {log}")
+        yield url
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(60)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+def idle_latency(url: str, body: dict, repeats: int) -> float:
+    """Median seconds of one request on an otherwise idle server."""
+    with httpx.Client(base_url=url, timeout=600) as c:
+        c.post("/generate", json={**body, "seed": 0})
+        times = []
+        for i in range(repeats):
+            start = time.perf_counter()
+            assert c.post("/generate", json={**body, "seed": i}).status_code == 200
+            times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def short_during_long(url: str, short: dict, long: dict) -> float:
+    """Median latency of short requests sent while a long one runs, over their solo latency."""
+    solo = idle_latency(url, short, 5)
+
+    async def overlapped() -> float:
+        async with httpx.AsyncClient(base_url=url, timeout=600) as ac:
+            long_task = asyncio.create_task(ac.post("/generate", json={**long, "seed": 1}))
+            await asyncio.sleep(0.5)
+            lat = []
+            for i in range(5):
+                start = time.perf_counter()
+                await ac.post("/generate", json={**short, "seed": 100 + i})
+                lat.append(time.perf_counter() - start)
+            await long_task
+            return statistics.median(lat)
+
+    return asyncio.run(overlapped()) / solo
+
+
+def measure(runtime: str, args: argparse.Namespace, log: Path) -> dict[str, float]:
+    """One round for one runtime: idle latency, images/s at ``clients``, one-at-a-time, short-during-long."""
+    from model import load_checkpoint
+    from model.runtimes import RuntimeOptions
+
+    body = {"n": 1, "steps": args.steps, "sampler": "ddim"}
+    row: dict[str, float] = {}
+    model = load_checkpoint(None, device="cpu", runtime=runtime, runtime_options=RuntimeOptions(cache_dir=CACHE))
+    row["offline_images_per_s"] = offline_images_per_s(model, args.clients, args.steps, "ddim",
+                                                       args.clients * args.requests_each)
+    start = time.perf_counter()
+    model.sample(1, steps=args.steps, sampler="ddim", seed=1)
+    row["bare_s"] = time.perf_counter() - start
+    del model
+    with runtime_server(runtime, log, max_batch=64) as url:
+        row["idle_s"] = idle_latency(url, body, 7)
+        ips, lat = asyncio.run(closed_loop(url, args.clients, args.requests_each, body))
+        row["images_per_s"] = ips
+        row.update({f"{k}_s": v for k, v in percentiles(lat).items()})
+        row["short_during_long_ratio"] = short_during_long(
+            url, {"n": 1, "steps": 10, "sampler": "ddim"}, {"n": 1, "steps": 1000, "sampler": "ddpm"})
+    with runtime_server(runtime, log, max_batch=1) as url:
+        row["one_at_a_time_images_per_s"], _ = asyncio.run(
+            closed_loop(url, args.clients, max(1, args.requests_each // 4), body))
+    return row
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description="serve the embedded model with one runtime (bench only)")
+    parser.add_argument("--runtime", required=True)
+    parser.add_argument("--port", type=int, required=True)
+    args = parser.parse_args()
+    import uvicorn
+
+    from app.api import create_app
+    from app.settings import Settings
+    from model import load_checkpoint
+    from model.runtimes import RuntimeOptions
+
+    settings = Settings()
+    model = load_checkpoint(settings.checkpoint, device="cpu", runtime=args.runtime,
+                            runtime_options=RuntimeOptions(cache_dir=CACHE))
+    print(f"runtime: {model.runtime_choice}", flush=True)
+    uvicorn.run(create_app(settings, model=model), host="127.0.0.1", port=args.port, log_level="warning")
+
+
+if __name__ == "__main__":
+    main()
