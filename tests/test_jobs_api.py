@@ -188,12 +188,12 @@ def test_bad_bodies_name_the_field(stores: Stores, tiny_checkpoint: Path) -> Non
                             ({"webhook": "http://127.0.0.1:9/hook"}, "webhook"),
                             ({"webhook": "http://169.254.169.254/"}, "webhook"),
                             ({"webhook_events": ["job.exploded"], "webhook": "http://93.184.215.14/"},
-                             "webhook_events.0")):
+                             "webhook_events[0]")):
             r = c.post("/v1/jobs", json=body)
             assert r.status_code == 422, (body, r.text)
             assert r.json()["detail"][0]["field"] == field, r.json()
         assert c.get("/v1/jobs", params={"limit": 0}).status_code == 422
-        assert c.get("/v1/jobs", params={"cursor": "nonsense"}).json()["detail"][0]["field"] == "query.cursor"
+        assert c.get("/v1/jobs", params={"cursor": "nonsense"}).json()["detail"][0]["field"] == "cursor"
         assert c.get("/v1/jobs", params={"cursor": "s99"}).json() == {"jobs": [], "next_cursor": None}
 
 
