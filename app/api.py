@@ -16,12 +16,15 @@ from starlette.concurrency import run_in_threadpool
 
 from model import DiffusionModel
 
+from .allow import AllowEveryMethod
 from .docs_assets import install_offline_docs
 from .errors import ServingError
 from .http import ApiKeyAuth, RequestContext
 from .http_errors import serving_error_handler, validation_error_handler
+from .job_service import JobService
 from .openai import install as install_openai
 from .routes import edits, generate, health
+from .routes import jobs as job_routes
 from .routes import model as model_routes
 from .schemas import ERROR_RESPONSES, request_model
 from .service import Service
@@ -35,11 +38,14 @@ def create_app(settings: Settings | None = None, *, model: DiffusionModel | None
     checkpoint that cannot serve raises here, before any port opens; ``model`` is used as built."""
     settings = settings or Settings()
     service = Service.open(settings, model)
+    jobs = JobService(settings, service)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         service.start()
+        jobs.start()
         yield
+        await run_in_threadpool(jobs.close)  # jobs still running go back to the queue
         await run_in_threadpool(service.close)
 
     app = FastAPI(
@@ -49,10 +55,12 @@ def create_app(settings: Settings | None = None, *, model: DiffusionModel | None
         lifespan=lifespan,
     )
     app.state.service = service
+    app.state.jobs = jobs
     # The last middleware added runs first: RequestContext (request ids, counting, the body limit)
     # wraps ApiKeyAuth, which answers before any route reads the body.
     if settings.keys:
         app.add_middleware(ApiKeyAuth, keys=settings.keys)
+    app.add_middleware(AllowEveryMethod, routes=app.router.routes)
     app.add_middleware(RequestContext, max_body_bytes=settings.max_body_bytes, metrics=service.metrics)
     app.add_exception_handler(RequestValidationError, validation_error_handler)
     app.add_exception_handler(ServingError, serving_error_handler)
@@ -66,6 +74,7 @@ def create_app(settings: Settings | None = None, *, model: DiffusionModel | None
     app.include_router(generate.make_router(service, body), dependencies=secured)
     app.include_router(model_routes.make_router(service), dependencies=secured, responses=unauthorized)
     app.include_router(edits.make_router(service), dependencies=secured)
+    app.include_router(job_routes.make_router(service, jobs, body), dependencies=secured)
     app.include_router(health.make_router(service))
     install_openai(app, service, dependencies=secured)  # last: its middleware wraps the ones above
 

@@ -3,7 +3,9 @@
 Each image of each generation is a row of a ``model.RowBatch``. Every iteration the worker
 
 1. drops rows whose generation was cancelled or whose deadline passed,
-2. admits waiting rows, FIFO, into free slots (a generation's rows may join over several steps),
+2. admits waiting rows into free slots, fairly (``app.admission``: round robin across API keys
+   in images, interactive requests before background jobs, jobs aging so they are never starved);
+   a generation's rows may join over several steps,
 3. runs ONE network call over all rows, each at its own timestep (``RowBatch.step``),
 4. tells each generation what happened through its ``emit`` callback, as typed events.
 
@@ -14,7 +16,6 @@ events, and the HTTP layer alone turns them into statuses. PNG encoding happens 
 
 from __future__ import annotations
 
-import collections
 import heapq
 import logging
 import math
@@ -28,6 +29,7 @@ import torch
 
 from model import DiffusionModel, Row, RowSpec
 
+from .admission import CLASSES, Class, FairQueue, Ticket
 from .errors import Cancelled, DeadlineExceeded, QueueFull, SamplingFailed, ServingError, Unavailable
 from .events import Done, Event, Failed, ImageReady, Progress, Queued
 from .metrics import Metrics
@@ -49,6 +51,9 @@ class Generation:
     emit: Callable[[Event], None]
     progress: bool = False  # emit Progress and ImageReady (streams); else only Queued and the end
     preview_every: int = 0  # and the x0 prediction every k steps
+    owner: str = "shared"  # whose request: admission is fair across owners (API keys)
+    cls: Class = "interactive"  # or "job": admitted after interactive requests, until it has aged
+    ticket: Ticket | None = None  # its place in the admission queue
     created: float = field(default_factory=time.monotonic)
     started: float | None = None
     finished: float | None = None
@@ -79,14 +84,15 @@ class Generation:
 
 
 class Engine:
-    def __init__(self, model: DiffusionModel, plan: RuntimePlan, metrics: Metrics) -> None:
+    def __init__(self, model: DiffusionModel, plan: RuntimePlan, metrics: Metrics,
+                 admission: FairQueue | None = None) -> None:
         self.model = model
         self.plan = plan
         self.metrics = metrics
         self.batch = model.row_batch(plan.max_batch, max_steps=plan.max_steps)
-        self._pending: collections.deque[Generation] = collections.deque()
+        self._admission = admission or FairQueue()
+        self._pending: dict[Generation, None] = {}  # generations with rows still waiting, by arrival
         self._running: list[Generation] = []  # generations with rows in the batch (or about to)
-        self._queued_images = 0
         self._cond = threading.Condition()
         self._stopping = False
         self._thread: threading.Thread | None = None
@@ -99,21 +105,31 @@ class Engine:
         self._thread.start()
 
     def submit(self, gen: Generation) -> None:
-        """Queue a generation, or raise QueueFull / Unavailable."""
+        """Queue a generation, or raise QueueFull / Unavailable / QuotaExceeded (its owner's alone)."""
         with self._cond:
             if self._stopping:
                 raise Unavailable("the server is shutting down", retry_after=5)
             free = self.batch.capacity - len(self.batch)
-            if self._queued_images + gen.n > self.plan.max_queue_images + free:
+            queued = self._queued_images
+            if queued + gen.n > self.plan.max_queue_images + free:
                 raise QueueFull(
-                    f"queue full: {self._queued_images} images waiting, limit max_queue_images="
+                    f"queue full: {queued} images waiting, limit max_queue_images="
                     f"{self.plan.max_queue_images}", retry_after=self._admission_wait(gen.n))
-            self._pending.append(gen)
-            position = self._queued_images
-            self._queued_images += gen.n
-            self.metrics.queue_images.set(self._queued_images)
+            gen.ticket = self._admission.push(gen.owner, gen.n, gen.cls, gen)
+            self._pending[gen] = None
+            self._update_gauges()
             self._cond.notify()
-        gen.emit(Queued(position=position))
+        gen.emit(Queued(position=queued))
+
+    @property
+    def _queued_images(self) -> int:
+        return self._admission.queued_images()
+
+    @property
+    def free_rows(self) -> int:
+        """Rows that would take a new image now: free rows less the images already waiting for one."""
+        with self._cond:
+            return max(0, self.batch.free - self._queued_images)
 
     def cancel(self, gen: Generation) -> None:
         """Free the generation's rows at the next step (the client went away)."""
@@ -136,7 +152,7 @@ class Engine:
         heapq.heapify(free_at)
         excess = self._queued_images + n - self.plan.max_queue_images
         wait_steps = 0
-        for gen in list(self._pending):
+        for gen in list(self._pending):  # in arrival order: fair admission may reorder, an estimate
             for _ in range(gen.n - gen.admitted):
                 if excess <= 0:
                     break
@@ -201,9 +217,10 @@ class Engine:
             if gen in self._running:
                 self._running.remove(gen)
             if gen in self._pending:
-                self._pending.remove(gen)
-                self._queued_images -= gen.n - gen.admitted
-        self._update_gauges()
+                del self._pending[gen]
+            if gen.ticket is not None:
+                self._admission.remove(gen.ticket)
+            self._update_gauges()
         gen.finished = time.monotonic()
         gen.emit(Failed(error))
 
@@ -218,23 +235,23 @@ class Engine:
 
     def _admit(self) -> None:
         with self._cond:
-            while self._pending and self.batch.free:
-                gen = self._pending[0]
+            for admission in self._admission.pop(self.batch.free):
+                gen: Generation = admission.ticket.item
                 if gen.admitted == 0:
                     gen.started = time.monotonic()
                     self.metrics.queue_wait.observe(gen.started - gen.created)
                     self._running.append(gen)
-                take = min(self.batch.free, gen.n - gen.admitted)
-                for i in range(gen.admitted, gen.admitted + take):
+                for i in range(admission.start, admission.start + admission.count):
                     gen.rows.append(self.batch.add(gen.specs[i], tag=(gen, i)))
-                gen.admitted += take
-                self._queued_images -= take
+                gen.admitted += admission.count
                 if gen.admitted == gen.n:
-                    self._pending.popleft()
-        self._update_gauges()
+                    del self._pending[gen]
+            self._update_gauges()
 
     def _update_gauges(self) -> None:
-        self.metrics.queue_images.set(self._queued_images)
+        """Caller holds ``_cond``."""
+        for cls in CLASSES:
+            self.metrics.queue_images.labels(**{"class": cls}).set(self._admission.queued_images(cls))
         self.metrics.active_images.set(len(self.batch))
 
     def _step(self) -> None:
@@ -270,7 +287,8 @@ class Engine:
             elif gen.progress:
                 self._report_progress(gen, now)
         if finished:
-            self._update_gauges()
+            with self._cond:
+                self._update_gauges()
 
     def _complete(self, gen: Generation, now: float) -> None:
         with self._cond:

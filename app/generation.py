@@ -19,6 +19,7 @@ from model import RowSpec
 from .engine import Generation
 from .errors import InvalidRequest
 from .events import Event
+from .jobs.records import SHARED_OWNER
 from .service import Service
 
 # Seeds the API takes and draws: the largest integer a JSON client holds exactly (JavaScript's
@@ -82,7 +83,8 @@ def resolve(params: GenerationParams, service: Service) -> Resolved:
 class Submission:
     """A generation in the engine, with the queue its events arrive on in the event loop."""
 
-    def __init__(self, service: Service, resolved: Resolved, request_id: str, *, progress: bool) -> None:
+    def __init__(self, service: Service, resolved: Resolved, request_id: str, *, progress: bool,
+                 owner: str = SHARED_OWNER) -> None:
         self.service = service
         self.resolved = resolved
         loop = asyncio.get_running_loop()
@@ -101,6 +103,7 @@ class Submission:
             emit=emit,
             progress=progress,
             preview_every=r.preview_every if progress else 0,
+            owner=owner,
         )
 
     async def next_event(self, timeout: float | None = None) -> Event:
@@ -123,9 +126,11 @@ class Submission:
                 "total_s": round(now - gen.created, 6)}
 
 
-def submit(service: Service, params: GenerationParams, request_id: str, *, progress: bool) -> Submission:
-    """Check the server takes work, resolve the parameters, and queue the generation."""
+def submit(service: Service, params: GenerationParams, request_id: str, *, progress: bool,
+           owner: str = SHARED_OWNER) -> Submission:
+    """Check the server takes work, resolve the parameters, and queue the generation (fairly
+    among ``owner``s: API keys)."""
     service.check_accepting()
-    submission = Submission(service, resolve(params, service), request_id, progress=progress)
+    submission = Submission(service, resolve(params, service), request_id, progress=progress, owner=owner)
     service.engine.submit(submission.generation)
     return submission

@@ -10,11 +10,12 @@ import time
 import uuid
 from typing import Any
 
-from fastapi import HTTPException
+from fastapi import HTTPException, Request
 from fastapi.responses import JSONResponse
 from starlette.datastructures import Headers, MutableHeaders
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from .jobs.records import SHARED_OWNER, owner_of
 from .metrics import Metrics
 
 log = logging.getLogger("ddpm.http")
@@ -118,6 +119,15 @@ class ApiKeyAuth:
         scheme, _, token = Headers(scope=scope).get("authorization", "").partition(" ")
         given = token.strip().encode() if scheme.lower() == "bearer" else b""
         return any(hmac.compare_digest(given, key) for key in self.keys)
+
+
+def request_owner(request: Request, keys: frozenset[str]) -> str:
+    """Whose request this is: a hash of its API key (ApiKeyAuth has checked it), or the shared
+    owner when no keys are configured. Fair admission and job ownership go by it."""
+    if not keys:
+        return SHARED_OWNER
+    scheme, _, token = request.headers.get("authorization", "").partition(" ")
+    return owner_of(token.strip() if scheme.lower() == "bearer" else None)
 
 
 def sse(event: str, data: Any) -> bytes:

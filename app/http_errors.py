@@ -26,6 +26,7 @@ from .errors import (
     Unavailable,
     UploadTooLarge,
 )
+from .jobs.errors import IdempotencyConflict, JobExpired, JobNotFound, JobNotReady, QuotaExceeded
 
 STATUS: dict[type[ServingError], int] = {
     InvalidRequest: 422,
@@ -35,6 +36,11 @@ STATUS: dict[type[ServingError], int] = {
     Unavailable: 503,
     SamplingFailed: 500,
     Cancelled: 499,  # nginx's "client closed request": nobody is left to read it
+    JobNotFound: 404,  # also another key's job: no enumeration across keys
+    JobExpired: 410,
+    JobNotReady: 409,
+    IdempotencyConflict: 409,
+    QuotaExceeded: 429,  # this key alone
 }
 
 

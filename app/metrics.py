@@ -35,7 +35,17 @@ class Metrics:
             "ddpm_step_duration_seconds", "Time of one engine iteration: one network call and the update",
             buckets=STEP_BUCKETS, registry=r)
         self.images = Counter("ddpm_images", "Images generated", registry=r)
-        self.queue_images = Gauge("ddpm_queue_images", "Images admitted but waiting for a row", registry=r)
+        self.queue_images = Gauge("ddpm_queue_images", "Images admitted but waiting for a row, by class "
+                                  "(interactive: /generate; job: /v1/jobs)", ["class"], registry=r)
+        for cls in ("interactive", "job"):  # both series exist from the start, at 0
+            self.queue_images.labels(**{"class": cls})
+        # Jobs: never a label per key or per job (cardinality). ddpm_jobs{status} (queued, running: the
+        # whole store's) is read from the store at each scrape (app.job_service.JobsCollector).
+        self.jobs_finished = Counter("ddpm_jobs_finished", "Jobs this replica ended, by final status",
+                                     ["status"], registry=r)
+        self.webhook_deliveries = Counter(
+            "ddpm_webhook_deliveries", "Webhook delivery attempts by outcome (delivered, retry, failed, refused)",
+            ["outcome"], registry=r)
         self.active_images = Gauge("ddpm_active_images", "Images being sampled now", registry=r)
         self.model_info = Gauge(
             "ddpm_model_info", "The loaded model (value 1)",

@@ -24,6 +24,7 @@ from model.pipeline import EMBEDDED_CHECKPOINT
 from model.runner import Denoiser
 from model.runtimes import RuntimeOptions
 
+from .admission import FairQueue
 from .engine import Engine
 from .errors import Unavailable
 from .metrics import Metrics
@@ -44,7 +45,10 @@ class Service:
                    else torch.get_num_threads())
         self.plan = RuntimePlan.resolve(settings, model, threads)
         self.metrics = Metrics()
-        self.engine = Engine(model, self.plan, self.metrics)
+        admission = FairQueue(quantum=settings.admission_quantum,
+                              max_queued_per_key=settings.max_queued_images_per_key,
+                              job_aging_s=settings.job_aging_s)
+        self.engine = Engine(model, self.plan, self.metrics, admission)
         self.ready = threading.Event()
         self.draining = False
         self.failure: str | None = None  # why warm-up failed, once it has

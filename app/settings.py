@@ -59,6 +59,32 @@ class Settings(BaseSettings):
     drain_timeout_s: float = Field(30.0, ge=0, description="on SIGTERM, how long in-flight requests may finish")
     progress_interval_s: float = Field(0.05, ge=0, description="least time between two progress events of a stream")
 
+    # Jobs (POST /v1/jobs): durable queue, fair admission, webhooks
+    data_dir: Path = Field(Path("data"), description="where the embedded job store (SQLite) keeps its file")
+    redis_url: str | None = Field(None, description="a Redis shared by the replicas for jobs (redis://host:6379/0); "
+                                  "empty: the embedded SQLite store, one replica")
+    job_ttl_s: float = Field(86400.0, gt=0, description="a job and its images are kept this long after it ends "
+                             "(and a queued job expires this long after it was made); then 410")
+    job_lease_s: float = Field(30.0, gt=0, description="a replica that has not renewed its claim for this long "
+                               "is taken for dead; its job goes to another replica")
+    job_max_attempts: int = Field(3, ge=1, description="a job whose replica died this many times fails")
+    job_timeout_s: float = Field(3600.0, gt=0, description="deadline of a running job")
+    job_poll_s: float = Field(0.25, gt=0, description="how often a replica with free rows looks for jobs")
+    job_aging_s: float = Field(30.0, ge=0, description="a job waiting this long is admitted alongside "
+                               "interactive requests instead of after them (never starved)")
+    max_queued_images_per_key: int | None = Field(
+        1024, ge=1, description="images one API key may have waiting (interactive and jobs, each queue "
+        "counted apart) before 429; empty: no limit")
+    admission_quantum: int = Field(4, ge=1, description="images each waiting key is admitted per round "
+                                   "(deficit round robin across keys)")
+    webhook_secret: str | None = Field(None, description="Standard Webhooks secret (whsec_ + base64); empty: "
+                                       "webhooks refused")
+    webhook_allow_private: bool = Field(False, description="let webhooks reach loopback, private, link-local "
+                                        "and metadata addresses (a trusted network only)")
+    webhook_max_attempts: int = Field(6, ge=1, description="attempts per webhook event before it is dropped")
+    webhook_backoff_s: float = Field(1.0, gt=0, description="first retry delay; doubles per attempt, with jitter")
+    webhook_timeout_s: float = Field(10.0, gt=0, description="one webhook attempt: connect, send, read status")
+
     # HTTP
     host: str = "0.0.0.0"
     port: int = Field(8000, ge=0, le=65535)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import socket
+import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -75,6 +76,8 @@ def live_server(checkpoint: Path, *, model: DiffusionModel | None = None, **sett
 def live_app(checkpoint: Path, *, model: DiffusionModel | None = None,
              **settings: object) -> Iterator[tuple[str, FastAPI]]:
     """``live_server`` that also yields the app, for tests that reach into its service."""
+    data_dir = tempfile.TemporaryDirectory(prefix="ddpm-jobs-")  # jobs never land in the working tree
+    settings.setdefault("data_dir", data_dir.name)
     app = create_app(Settings(checkpoint=checkpoint, **settings),  # type: ignore[arg-type]
                      model=model or load_checkpoint(checkpoint, device="cpu"))
     port = free_port()
@@ -89,3 +92,4 @@ def live_app(checkpoint: Path, *, model: DiffusionModel | None = None,
     finally:
         server.should_exit = True
         thread.join(10)
+        data_dir.cleanup()

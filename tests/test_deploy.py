@@ -231,8 +231,11 @@ def test_compose_serves_one_gpu_per_replica_with_what_operators_need() -> None:
         assert "count" not in device  # count: 1 on every replica would put them all on GPU 0
         device_ids += device["device_ids"]
         assert svc["build"]["args"]["VARIANT"] == "cuda" and svc["image"].endswith(":cuda")
-        (volume,) = svc["volumes"]
-        assert volume["target"] == "/checkpoints" and volume["read_only"] is True
+        (volume,) = [v for v in svc["volumes"] if isinstance(v, dict) and v["target"] == "/checkpoints"]
+        assert volume["read_only"] is True
+        # anything else mounted is the job store's data folder (the server's default, ./data)
+        others = [v for v in svc["volumes"] if v is not volume]
+        assert all(v["target"] == "/home/ddpm/data" and v["type"] == "volume" for v in others), others
         assert svc["restart"] in ("always", "unless-stopped")
         # The compose healthcheck is the image's, on /readyz, and gives the model time to load.
         assert svc["healthcheck"]["test"] == ["CMD", *healthcheck_command()]
@@ -391,9 +394,10 @@ def generation_counts(url: str) -> Counter[str]:
 
 
 def gauge(url: str, name: str) -> float:
-    m = re.search(rf"^{name} (\S+)$", httpx.get(f"{url}/metrics", timeout=10).text, re.M)
-    assert m, name
-    return float(m.group(1))
+    """The gauge's value, summed over its labels (ddpm_queue_images has one per class)."""
+    values = re.findall(rf"^{name}(?:\{{[^}}]*\}})? (\S+)$", httpx.get(f"{url}/metrics", timeout=10).text, re.M)
+    assert values, name
+    return sum(float(v) for v in values)
 
 
 def wait_idle(replicas: dict[str, str], timeout: float = 30) -> None:

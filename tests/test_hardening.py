@@ -154,7 +154,7 @@ def test_retry_after_predicts_the_wait_for_admission(tiny_checkpoint: Path) -> N
             h.start()
         with httpx.Client(base_url=url, timeout=30) as c:
             deadline = time.monotonic() + 10
-            while not ("ddpm_queue_images 4.0" in (text := c.get("/metrics").text)
+            while not ("ddpm_queue_images{class=\"interactive\"} 4.0" in (text := c.get("/metrics").text)
                        and "ddpm_active_images 2.0" in text):
                 assert time.monotonic() < deadline
                 time.sleep(0.02)

@@ -23,7 +23,7 @@ from model.images import encode_png, make_grid
 from ..errors import Cancelled, DeadlineExceeded
 from ..events import Done, Failed, ImageReady, Progress, Queued
 from ..generation import Submission, submit
-from ..http import sse
+from ..http import request_owner, sse
 from ..http_errors import stream_error
 from ..schemas import ERROR_RESPONSES, GenerateRequest, GenerateResponse, ImageOut, Timings
 from ..service import Service
@@ -87,7 +87,8 @@ def make_router(service: Service, body_model: type[GenerateRequest]) -> APIRoute
               "description": "image/png (n > 1: one grid), or JSON with base64 PNGs"}, **ERROR_RESPONSES})
     async def generate(request: Request, body: Body | None = None) -> Response:
         body = body or Body()
-        submission = submit(service, body.params(), request.state.request_id, progress=False)
+        submission = submit(service, body.params(), request.state.request_id, progress=False,
+                            owner=request_owner(request, service.settings.keys))
         request.state.sampler = submission.resolved.sampler
         images = await outcome(submission, request)
         encode_start = time.perf_counter()
@@ -113,7 +114,8 @@ def make_router(service: Service, body_model: type[GenerateRequest]) -> APIRoute
         `image` {index, seed, png_base64} as each image finishes, then `done` (the base64
         response body) or `error` {status, detail}."""
         body = body or Body()
-        submission = submit(service, body.params(), request.state.request_id, progress=True)
+        submission = submit(service, body.params(), request.state.request_id, progress=True,
+                            owner=request_owner(request, service.settings.keys))
         request.state.sampler = submission.resolved.sampler
         headers = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no", **submission.seed_headers()}
         return StreamingResponse(stream_events(service, submission, request), media_type="text/event-stream",
