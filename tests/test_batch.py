@@ -91,11 +91,24 @@ def test_removed_rows_leave_and_the_rest_finish(tiny) -> None:  # type: ignore[n
 
 
 def test_preview_is_the_current_x0_prediction(tiny) -> None:  # type: ignore[no-untyped-def]
+    """After the first step the preview is the network's x0 from x_T: (x_T - sqrt(1 - abar) eps) / sqrt(abar)
+    (eq. 15, clipped), not x_t and not the sample."""
+    from model.images import to_uint8
+
+    plan = tiny.plan("ddim", 5)
     batch = tiny.row_batch(2)
-    row = batch.add(RowSpec(tiny.plan("ddim", 5), seed=0, label=1))
+    row = batch.add(RowSpec(plan, seed=0, label=1))
+    x_T = torch.randn(tiny.image_shape, generator=torch.Generator().manual_seed(0))[None]
+    t = plan.timesteps[:1]
+    eps = tiny.denoiser(x_T, t, torch.tensor([1]))
+    abar = tiny.schedule.sqrt_alphas_cumprod[t].double() ** 2
+    x0 = ((x_T.double() - (1 - abar).sqrt() * eps.double()) / abar.sqrt()).clamp(-1, 1)
     batch.step()
     preview = batch.preview([row])
     assert preview.shape == (1, 8, 8, 1) and preview.dtype == np.uint8
+    expected = to_uint8(x0).numpy()
+    assert np.abs(preview.astype(int) - expected.astype(int)).max() <= 1
+    assert not np.array_equal(preview, batch.noisy([row]))  # x_t after the step is something else
 
 
 def test_bad_requests_are_refused(tiny, tiny_uncond_checkpoint: Path) -> None:  # type: ignore[no-untyped-def]

@@ -12,7 +12,7 @@ time from the model's bounds, as a real type.)
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from typing import Any, Literal
 
 from fastapi import APIRouter, Path, Query, Request
@@ -27,6 +27,7 @@ from ..http_errors import status_of
 from ..job_service import JobService
 from ..jobs import InvalidField, Job, JobEvent, JobSpec, JobStatus, fingerprint
 from ..jobs.records import TERMINAL
+from ..jobs.store import JobStore
 from ..jobs.webhooks import EVENTS, MAX_URL_LENGTH, notify
 from ..schemas import ERROR_RESPONSES, GenerateRequest
 from ..service import Service
@@ -116,19 +117,7 @@ def make_router(service: Service, jobs: JobService, body_model: type[GenerateReq
         headers = {"Location": f"/v1/jobs/{job.id}"} | ({} if created else {"Idempotent-Replayed": "true"})
         return JSONResponse(job_json(job), status_code=202, headers=headers)
 
-    @router.get("/v1/jobs", summary="This API key's jobs, newest first", responses=JOB_RESPONSES)
-    async def list_jobs(request: Request, status: JobStatus | None = None,
-                        limit: int = Query(20, ge=1, le=store.options.max_list),
-                        cursor: str | None = Query(None, pattern=r"^s[0-9]{1,18}$",
-                                                   description="next_cursor of the previous page")) -> dict[str, Any]:
-        page = await run_in_threadpool(lambda: store.list_jobs(owner(request), status=status, limit=limit,
-                                                               cursor=cursor))
-        return {"jobs": [job_json(j) for j in page.jobs], "next_cursor": page.next_cursor}
-
-    @router.get("/v1/jobs/{job_id}", summary="A job: status, position, progress, images, error",
-                responses=JOB_RESPONSES)
-    async def get_job(request: Request, job_id: str = Path(max_length=64)) -> dict[str, Any]:
-        return job_json(await run_in_threadpool(store.get, job_id, owner(request)))
+    add_reads(router, store, owner, settings.job_ttl_s)
 
     def canceled(before: Job, job: Job) -> None:
         if not before.terminal and job.status == "canceled":
@@ -153,13 +142,33 @@ def make_router(service: Service, jobs: JobService, body_model: type[GenerateReq
         canceled(before, job)
         return job_json(job)
 
+    return router
+
+
+def add_reads(router: APIRouter, store: JobStore, owner: Callable[[Request], str], ttl_s: float) -> None:
+    """GET /v1/jobs, /v1/jobs/{id}, its images and its events: what a job's owner reads."""
+
+    @router.get("/v1/jobs", summary="This API key's jobs, newest first", responses=JOB_RESPONSES)
+    async def list_jobs(request: Request, status: JobStatus | None = None,
+                        limit: int = Query(20, ge=1, le=store.options.max_list),
+                        cursor: str | None = Query(None, pattern=r"^s[0-9]{1,18}$",
+                                                   description="next_cursor of the previous page")) -> dict[str, Any]:
+        page = await run_in_threadpool(lambda: store.list_jobs(owner(request), status=status, limit=limit,
+                                                               cursor=cursor))
+        return {"jobs": [job_json(j) for j in page.jobs], "next_cursor": page.next_cursor}
+
+    @router.get("/v1/jobs/{job_id}", summary="A job: status, position, progress, images, error",
+                responses=JOB_RESPONSES)
+    async def get_job(request: Request, job_id: str = Path(max_length=64)) -> dict[str, Any]:
+        return job_json(await run_in_threadpool(store.get, job_id, owner(request)))
+
     @router.get("/v1/jobs/{job_id}/images/{index}", response_class=Response, summary="Image `index` of a job",
                 responses={200: {"content": {"image/png": {}}}, **JOB_RESPONSES})
     async def job_image(request: Request, job_id: str = Path(max_length=64), index: int = Path(ge=0)) -> Response:
         png = await run_in_threadpool(store.image, job_id, index, owner(request))
         # fixed by its seed and parameters: cacheable, by this client only (it is one key's)
         return Response(png, media_type="image/png", headers={
-            "Cache-Control": f"private, max-age={int(settings.job_ttl_s)}, immutable",
+            "Cache-Control": f"private, max-age={int(ttl_s)}, immutable",
             "ETag": f'"{job_id}-{index}"'})
 
     @router.get("/v1/jobs/{job_id}/events", response_class=StreamingResponse,
@@ -171,47 +180,47 @@ def make_router(service: Service, jobs: JobService, body_model: type[GenerateReq
         the job has already ended."""
         who = owner(request)
         await run_in_threadpool(store.get, job_id, who)  # 404 / 410 before the stream starts
-        return StreamingResponse(stream(job_id, who), media_type="text/event-stream",
+        return StreamingResponse(job_event_stream(store, job_id, who), media_type="text/event-stream",
                                  headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
 
-    async def stream(job_id: str, who: str) -> AsyncIterator[bytes]:
-        loop = asyncio.get_running_loop()
-        events: asyncio.Queue[JobEvent] = asyncio.Queue()
 
-        def on_event(event: JobEvent) -> None:  # on the store's thread
-            with contextlib.suppress(RuntimeError):  # a closed loop: nobody is waiting any more
-                loop.call_soon_threadsafe(events.put_nowait, event)
+async def job_event_stream(store: JobStore, job_id: str, who: str) -> AsyncIterator[bytes]:
+    """A job's events as SSE: subscribed first, then its state, so that nothing is missed."""
+    loop = asyncio.get_running_loop()
+    events: asyncio.Queue[JobEvent] = asyncio.Queue()
 
-        unsubscribe = store.subscribe(job_id, on_event)
-        try:
-            job = await run_in_threadpool(store.get, job_id, who)  # after subscribing: nothing is missed
-            if job.terminal:
-                yield end_event(job)
-                return
-            yield state_event(job)
-            while True:
-                try:
-                    event = await asyncio.wait_for(events.get(), KEEPALIVE_S)
-                except TimeoutError:
-                    # Redis pub/sub delivers at most once: the store itself has the last word
-                    job = await run_in_threadpool(store.get, job_id, who)
-                    if job.terminal:
-                        yield end_event(job)
-                        return
-                    yield b": keep-alive\n\n"
-                    continue
-                status = event.data.get("status")
-                if event.kind == "progress":
-                    yield sse("progress", event.data)
-                elif status in TERMINAL:
-                    yield end_event(await run_in_threadpool(store.get, job_id, who))
+    def on_event(event: JobEvent) -> None:  # on the store's thread
+        with contextlib.suppress(RuntimeError):  # a closed loop: nobody is waiting any more
+            loop.call_soon_threadsafe(events.put_nowait, event)
+
+    unsubscribe = store.subscribe(job_id, on_event)
+    try:
+        job = await run_in_threadpool(store.get, job_id, who)  # after subscribing: nothing is missed
+        if job.terminal:
+            yield end_event(job)
+            return
+        yield state_event(job)
+        while True:
+            try:
+                event = await asyncio.wait_for(events.get(), KEEPALIVE_S)
+            except TimeoutError:
+                # Redis pub/sub delivers at most once: the store itself has the last word
+                job = await run_in_threadpool(store.get, job_id, who)
+                if job.terminal:
+                    yield end_event(job)
                     return
-                elif status in ("queued", "running"):  # handed back to the queue, or (re)started
-                    yield state_event(await run_in_threadpool(store.get, job_id, who))
-        finally:
-            unsubscribe()
-
-    return router
+                yield b": keep-alive\n\n"
+                continue
+            status = event.data.get("status")
+            if event.kind == "progress":
+                yield sse("progress", event.data)
+            elif status in TERMINAL:
+                yield end_event(await run_in_threadpool(store.get, job_id, who))
+                return
+            elif status in ("queued", "running"):  # handed back to the queue, or (re)started
+                yield state_event(await run_in_threadpool(store.get, job_id, who))
+    finally:
+        unsubscribe()
 
 
 def progress_of(job: Job) -> dict[str, Any]:
