@@ -427,6 +427,14 @@ def test_class_options_name_each_class_once(browser: Any, server: str) -> None:
     assert cases == ["7", "3: cat", "3", "7 (seven)", "0: airplane (plane, aeroplane)", ["y"], ["z", "w"], ["q"], []]
 
 
+def test_the_page_names_both_apis(browser: Any, server: str) -> None:
+    ready_page(browser, server)
+    text = browser.find_element(By.ID, "apis").text
+    for path in ("POST /generate", "/v1/jobs", "/v1/edits", "POST /v1/images/generations", "GET /v1/models"):
+        assert path in text, path
+    assert "openai" in text and "base_url" in text
+
+
 def test_status_follows_the_run_and_long_seeds_keep_the_grid(browser: Any, server: str) -> None:
     """While sampling runs the status says so (not "Queued with 0 images ahead"); four images
     with 19-digit seeds stay one row of equal cells, no button wider than its cell."""
