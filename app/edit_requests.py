@@ -102,10 +102,9 @@ def check_bounds(service: Service, body: Common, n: int, field_n: str = "n") -> 
         raise InvalidRequest(field_n, f"{n} images; this server takes at most {plan.admissible_images}")
     if body.steps is not None and body.steps > plan.max_steps:
         raise InvalidRequest("steps", f"steps={body.steps} must be <= {plan.max_steps}")
-    classes = config.num_classes
-    if body.label is not None and (classes is None or body.label >= classes):
-        raise InvalidRequest("label", "this model is unconditional; label must be null" if classes is None
-                             else f"label={body.label} must be <= {classes - 1}")
+    problem = config.label_problem(body.label)
+    if problem:
+        raise InvalidRequest("label", problem)
     if body.guidance is not None and body.guidance > service.settings.max_guidance:
         raise InvalidRequest("guidance", f"guidance={body.guidance} must be <= {service.settings.max_guidance}")
     num = config.diffusion.num_timesteps

@@ -70,8 +70,9 @@ def request_model(config: ModelConfig, plan: RuntimePlan, *, max_guidance: float
     sampler_type: Any = Literal[tuple(SAMPLERS)]
 
     def check_label(cls: type, value: int | None) -> int | None:
-        if value is not None and classes is None:
-            raise ValueError("this model is unconditional; label must be null")
+        problem = config.label_problem(value)  # the schema's bounds say the same, for OpenAPI clients
+        if problem:
+            raise ValueError(problem)
         return value
 
     fields: dict[str, Any] = {

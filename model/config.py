@@ -259,6 +259,17 @@ class ModelConfig:
     def channels(self) -> int:
         return self.unet.in_channels
 
+    def label_problem(self, label: int | None) -> str | None:
+        """Why ``label`` cannot be drawn from this model, or None when it can (None: unconditional).
+        The one check every caller shares: offline sampling, the HTTP schemas, the editing API."""
+        if label is None:
+            return None
+        if self.num_classes is None:
+            return "this model is unconditional; label must be null"
+        if not 0 <= label < self.num_classes:
+            return f"label={label} must be in 0..{self.num_classes - 1}"
+        return None
+
     @property
     def num_classes(self) -> int | None:
         return self.unet.num_classes

@@ -89,13 +89,9 @@ class DiffusionModel:
         )
 
     def check_label(self, label: int | None) -> None:
-        classes = self.config.num_classes
-        if label is None:
-            return
-        if classes is None:
-            raise ValueError(f"label={label} given, but this model is unconditional")
-        if not 0 <= label < classes:
-            raise ValueError(f"label={label} is outside [0, {classes - 1}]")
+        problem = self.config.label_problem(label)
+        if problem:
+            raise ValueError(problem)
 
     def sample(
         self,

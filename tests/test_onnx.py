@@ -28,6 +28,8 @@ ort = pytest.importorskip("onnxruntime")
 CPU = torch.device("cpu")
 
 
+NO_OPENVINO = "openvino is not installed (pip install openvino)"
+
 @pytest.fixture(scope="module")
 def tiny(tiny_checkpoint: Path) -> tuple[object, bytes]:
     model = load_checkpoint(tiny_checkpoint, device="cpu", dtype="float32", channels_last=False)
@@ -175,7 +177,7 @@ def test_unconditional_runner_refuses_labels(tiny_uncond_checkpoint: Path) -> No
         model.denoiser(x, t, torch.zeros(2, dtype=torch.long))
 
 
-@pytest.mark.skipif(importlib.util.find_spec("openvino") is None, reason="openvino not installed")
+@pytest.mark.skipif(importlib.util.find_spec("openvino") is None, reason=NO_OPENVINO)
 def test_openvino_runner_matches(tiny_checkpoint: Path) -> None:
     model = load_checkpoint(tiny_checkpoint, device="cpu", runtime="openvino")
     ref = load_checkpoint(tiny_checkpoint, device="cpu")
@@ -185,7 +187,7 @@ def test_openvino_runner_matches(tiny_checkpoint: Path) -> None:
         assert torch.allclose(model.denoiser(x, t, labels), ref.denoiser(x, t, labels), atol=1e-4)
 
 
-@pytest.mark.skipif(importlib.util.find_spec("openvino") is None, reason="openvino not installed")
+@pytest.mark.skipif(importlib.util.find_spec("openvino") is None, reason=NO_OPENVINO)
 def test_openvino_runs_bf16_when_asked(tiny_checkpoint: Path) -> None:
     model = load_checkpoint(tiny_checkpoint, device="cpu", runtime="openvino", dtype="bfloat16")
     ref = load_checkpoint(tiny_checkpoint, device="cpu")
