@@ -1,63 +1,27 @@
 """The server on the embedded model with each runtime, side by side (bench/runtime.py --server).
 
-Each server is a subprocess running ``python -m bench.runtime_server --runtime R --port P``: the
-model built with ``load_checkpoint(runtime=R)`` and handed to ``app.create_app(settings,
-model=model)``; every other setting from the usual ``DDPM_*`` variables. The clients are
-asyncio/httpx in the benchmark's process (bench/server.py's closed loop).
+Each server is ``ddpm serve`` in a subprocess with ``DDPM_RUNTIME=R`` (bench/server.py's
+``server``), the exported graph kept once on disk for all of them (``DDPM_ONNX_CACHE_DIR``). The
+clients are asyncio/httpx in the benchmark's process (bench/server.py's closed loop).
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
-import os
 import statistics
-import subprocess
-import sys
 import tempfile
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 
 import httpx
 
-from bench.server import closed_loop, free_port, offline_images_per_s, percentiles
+from bench.server import closed_loop, offline_images_per_s, percentiles, server
+from model.pipeline import EMBEDDED_CHECKPOINT
 
 ROOT = Path(__file__).resolve().parents[1]
 # Every server of a run exports the same network: keep the graph once on disk.
 CACHE = Path(tempfile.gettempdir()) / "ddpm-bench-onnx-cache"
-
-
-@contextmanager
-def runtime_server(runtime: str, log: Path, **settings: object) -> Iterator[str]:
-    port = free_port()
-    env = {**os.environ, **{f"DDPM_{k.upper()}": str(v) for k, v in settings.items()}}
-    with open(log, "ab") as out:
-        proc = subprocess.Popen([sys.executable, "-m", "bench.runtime_server", "--runtime", runtime,
-                                 "--port", str(port)], cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT)
-    url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 300
-        while time.monotonic() < deadline:
-            if proc.poll() is not None:
-                raise RuntimeError(f"server for runtime={runtime} exited; see {log}")
-            try:
-                if httpx.get(f"{url}/readyz", timeout=2).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            time.sleep(0.1)
-        else:
-            raise TimeoutError(f"server did not get ready; see {log}")
-        yield url
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(60)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
 
 
 def idle_latency(url: str, body: dict, repeats: int) -> float:
@@ -105,37 +69,14 @@ def measure(runtime: str, args: argparse.Namespace, log: Path) -> dict[str, floa
     model.sample(1, steps=args.steps, sampler="ddim", seed=1)
     row["bare_s"] = time.perf_counter() - start
     del model
-    with runtime_server(runtime, log, max_batch=64) as url:
+    with server(EMBEDDED_CHECKPOINT, log, runtime=runtime, onnx_cache_dir=CACHE, max_batch=64) as url:
         row["idle_s"] = idle_latency(url, body, 7)
         ips, lat = asyncio.run(closed_loop(url, args.clients, args.requests_each, body))
         row["images_per_s"] = ips
         row.update({f"{k}_s": v for k, v in percentiles(lat).items()})
         row["short_during_long_ratio"] = short_during_long(
             url, {"n": 1, "steps": 10, "sampler": "ddim"}, {"n": 1, "steps": 1000, "sampler": "ddpm"})
-    with runtime_server(runtime, log, max_batch=1) as url:
+    with server(EMBEDDED_CHECKPOINT, log, runtime=runtime, onnx_cache_dir=CACHE, max_batch=1) as url:
         row["one_at_a_time_images_per_s"], _ = asyncio.run(
             closed_loop(url, args.clients, max(1, args.requests_each // 4), body))
     return row
-
-
-def main() -> None:
-    parser = argparse.ArgumentParser(description="serve the embedded model with one runtime (bench only)")
-    parser.add_argument("--runtime", required=True)
-    parser.add_argument("--port", type=int, required=True)
-    args = parser.parse_args()
-    import uvicorn
-
-    from app.api import create_app
-    from app.settings import Settings
-    from model import load_checkpoint
-    from model.runtimes import RuntimeOptions
-
-    settings = Settings()
-    model = load_checkpoint(settings.checkpoint, device="cpu", runtime=args.runtime,
-                            runtime_options=RuntimeOptions(cache_dir=CACHE))
-    print(f"runtime: {model.runtime_choice}", flush=True)
-    uvicorn.run(create_app(settings, model=model), host="127.0.0.1", port=args.port, log_level="warning")
-
-
-if __name__ == "__main__":
-    main()
