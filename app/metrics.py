@@ -46,6 +46,12 @@ class Metrics:
         self.webhook_deliveries = Counter(
             "ddpm_webhook_deliveries", "Webhook delivery attempts by outcome (delivered, retry, failed, refused)",
             ["outcome"], registry=r)
+        # Every known label value exists from the start at 0, so that rate() and the dashboards
+        # show a flat line, not "no data", on a replica that has not ended a job or sent a webhook.
+        for status in ("succeeded", "failed", "canceled"):
+            self.jobs_finished.labels(status=status)
+        for outcome in ("delivered", "retry", "failed", "refused"):
+            self.webhook_deliveries.labels(outcome=outcome)
         self.active_images = Gauge("ddpm_active_images", "Images being sampled now", registry=r)
         self.model_info = Gauge(
             "ddpm_model_info", "The loaded model (value 1)",

@@ -17,20 +17,14 @@ import httpx
 import pytest
 
 from .live import live_server
-from .test_process import WARNINGS
-
-# Warnings left out, each for a reason JSON Schema cannot help: made-up job ids rightly get 404
-# (missing_test_data), and generated strings are never decodable PNGs, so the editing API refuses
-# most generated bodies (validation_mismatch, low_valid_rate; tests/schemathesis.toml states that
-# rule per operation, and tests/test_edits_api.py tests the accepted bodies).
-SILENCED = ("missing_test_data", "validation_mismatch", "low_valid_rate")
+from .test_process import SCHEMATHESIS_CONFIG, SILENCED, WARNINGS
 
 
 def schemathesis(url: str, tmp_path: Path, *extra: str) -> subprocess.CompletedProcess[str]:
     st = shutil.which("schemathesis", path=os.path.dirname(sys.executable)) or shutil.which("schemathesis")
     assert st, "schemathesis is a test dependency"
     return subprocess.run(
-        [st, "--config-file", str(Path(__file__).with_name("schemathesis.toml")),
+        [st, "--config-file", str(SCHEMATHESIS_CONFIG),
          "run", f"{url}/openapi.json", "--checks", "all", "--max-time", "30", "--workers", "2",
          "--request-timeout", "30", "--warnings", ",".join(w for w in WARNINGS if w not in SILENCED), *extra],
         capture_output=True, text=True, timeout=300, cwd=tmp_path)

@@ -342,9 +342,11 @@ def replicas(long_checkpoint: Path, tmp_path_factory: pytest.TempPathFactory) ->
     (one row, no queue) so that a single running request fills it and the next one gets 429."""
     logs = tmp_path_factory.mktemp("replicas")
     with ExitStack() as stack:
-        url, _ = stack.enter_context(serve_process(long_checkpoint, logs / "ddpm.log", max_batch="8", threads="1"))
+        # PyTorch, not ONNX Runtime: its slower steps keep a request in flight long enough to watch.
+        url, _ = stack.enter_context(serve_process(long_checkpoint, logs / "ddpm.log", max_batch="8", threads="1",
+                                                   runtime="torch"))
         tiny, _ = stack.enter_context(serve_process(long_checkpoint, logs / "ddpm-1.log", max_batch="1",
-                                                    max_queue_images="0", threads="1"))
+                                                    max_queue_images="0", threads="1", runtime="torch"))
         yield {REPLICA: url, TINY_REPLICA: tiny}
 
 

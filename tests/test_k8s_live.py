@@ -51,7 +51,10 @@ pytestmark = [pytest.mark.slow,
 KEY = "k8s-test-key"
 SECRETS = {"api-keys": KEY, "webhook-secret": "whsec_" + base64.b64encode(b"k8s-test-webhook-secret!").decode()}
 AUTH = {"Authorization": f"Bearer {KEY}"}
-LONG: dict[str, Any] = {"n": 4, "steps": 250, "sampler": "ddim", "seed": 7}  # seconds of work here
+# Seconds of work even on ONNX Runtime (the embedded network's CPU runtime: 8 rows x 1000 steps
+# take ~1.6 s here), so that requests are still in flight when a probe or a scrape looks.
+LONG: dict[str, Any] = {"n": 16, "steps": 1000, "sampler": "ddpm", "seed": 7}
+HELD_STREAMS = 3
 
 
 @contextmanager
@@ -201,10 +204,12 @@ def test_prometheus_answers_every_autoscaler_and_dashboard_query(two_pods: dict[
         assert httpx.post(f"{url}/generate", json={"steps": 2}, headers=AUTH, timeout=60).status_code == 200
         assert httpx.post(f"{url}/generate", json={"steps": 2}, timeout=60).status_code == 401
     with daemons.prometheus(prometheus, path, tmp_path, free_port()) as prom, \
-            httpx.Client(timeout=300) as client, \
-            client.stream("POST", f"{url0}/generate/stream", json={**LONG, "steps": 1000, "sampler": "ddpm"},
-                          headers=AUTH) as held:
-        assert held.status_code == 200
+            httpx.Client(timeout=300) as client, ExitStack() as holding:
+        for i in range(HELD_STREAMS):
+            held = holding.enter_context(client.stream("POST", f"{url0}/generate/stream",
+                                                       json={**LONG, "seed": i}, headers=AUTH))
+            assert held.status_code == 200
+        images_held = HELD_STREAMS * LONG["n"]
 
         def query(expr: str) -> list[dict[str, Any]]:
             body = httpx.get(f"{prom}/api/v1/query", params={"query": expr}, timeout=10).json()
@@ -216,17 +221,17 @@ def test_prometheus_answers_every_autoscaler_and_dashboard_query(two_pods: dict[
             return len(active) == 2 and all(t["health"] == "up" for t in active)
 
         wait_for(targets_up, 40, "Prometheus never scraped both pods")
-        # The KEDA trigger: one series, the images the replicas hold (4 running on ddpm-0).
+        # The KEDA trigger: one series, the images the replicas hold (all running on ddpm-0).
         for expr in autoscaler_queries():
-            wait_for(lambda e=expr: [float(s["value"][1]) for s in query(e)] == [LONG["n"]], 60,
-                     f"{expr} never counted the {LONG['n']} images held")
+            wait_for(lambda e=expr: [float(s["value"][1]) for s in query(e)] == [images_held], 60,
+                     f"{expr} never counted the {images_held} images held")
         # The HPA's rule as prometheus-adapter fills it in for the Deployment's pods: one series per pod.
         rule = yaml.safe_load((K8S / "components" / "hpa" / "prometheus-adapter-rules.yaml").read_text())
         (custom,) = rule["rules"]["custom"]
         expr = custom["metricsQuery"].replace("<<.LabelMatchers>>", 'namespace="ddpm", pod=~"ddpm-0|ddpm-1"') \
             .replace("<<.GroupBy>>", "pod")
         per_pod = {s["metric"]["pod"]: float(s["value"][1]) for s in query(expr)}
-        assert per_pod == {"ddpm-0": LONG["n"], "ddpm-1": 0.0}, per_pod
+        assert per_pod == {"ddpm-0": images_held, "ddpm-1": 0.0}, per_pod
         assert query(custom["seriesQuery"]), custom["seriesQuery"]
         # A 429 (ddpm-1's rows and queue full) and a 504 (a deadline passed), for the error panels.
         url1 = two_pods["ddpm-1"]
@@ -315,7 +320,7 @@ def test_nginx_with_the_ingress_settings_streams_events_and_passes_the_servers_l
     with daemons.nginx(binary, conf, tmp_path, port) as url, httpx.Client(base_url=url, timeout=120) as client:
         # Events pass one by one (the server spaces progress events >= 50 ms), not in one burst
         # (the server's X-Accel-Buffering: no asks nginx for this too; the annotation makes sure).
-        with client.stream("POST", "/generate/stream", json={"steps": 200, "sampler": "ddim", "seed": 1},
+        with client.stream("POST", "/generate/stream", json={"steps": 1000, "sampler": "ddpm", "seed": 1},
                            headers=AUTH) as stream:
             assert stream.status_code == 200
             arrivals = []
