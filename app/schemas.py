@@ -82,7 +82,9 @@ def request_model(config: ModelConfig, plan: RuntimePlan, *, max_guidance: float
                   Field(None, description=f"reverse-process steps; null: {plan.default_steps}")),
         "sampler": (sampler_type | None, Field(None, description=f"null: {plan.default_sampler}")),
         "eta": (bounded(float, ge=0, le=1) | None, Field(None, description="DDIM stochasticity")),
-        "seed": (bounded(int, ge=0, le=MAX_SEED) | None,
+        # The bound leaves room for the largest request's seed + n - 1, so that every seed the
+        # schema admits is served (JSON Schema cannot relate two fields).
+        "seed": (bounded(int, ge=0, le=MAX_SEED - (max_images - 1)) | None,
                  Field(None, description="image i uses seed + i; null: the server draws one")),
         "label": (bounded(int, ge=0, le=(classes - 1) if classes else None) | None, Field(
             None, description=(f"class in 0..{classes - 1}; null: unconditional" if classes

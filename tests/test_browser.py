@@ -52,7 +52,7 @@ pytestmark = [
 ]
 
 KEY = "browser-test-key"
-SEED = 2**53 - 2  # the largest n = 2 may use (the API seed range ends at 2^53 - 1)
+SEED = 2**53 - 16  # the largest seed the server takes: room for n = 16 below 2^53
 AUTH = {"Authorization": f"Bearer {KEY}"}
 # Chromium on a machine without a network: no sandbox as root, no GPU, and none of the
 # background connections (updates, sync, QUIC probes) that a closed network refuses. Every host
@@ -449,7 +449,7 @@ def test_status_follows_the_run_and_long_seeds_keep_the_grid(browser: Any, serve
         browser.find_element(By.ID, element_id).send_keys(value)
     seed = browser.find_element(By.ID, "seed")
     seed.clear()
-    seed.send_keys(str(2**53 - 4), Keys.ENTER)  # the largest n = 4 may use: as long as a drawn seed gets
+    seed.send_keys(str(2**53 - 16), Keys.ENTER)  # the largest seed the server takes: as long as a drawn seed gets
     wait(browser, "document.body.dataset.run === 'done'")
     seen = js(browser, "window.statusAtProgress")
     assert seen and not any("Queued" in s for s in seen), seen
@@ -468,9 +468,9 @@ def test_status_follows_the_run_and_long_seeds_keep_the_grid(browser: Any, serve
     assert all(c["width"] <= max(2 * c["image"], 200) for c in cells), cells  # the seed does not set the width
     # Each cell still names its full seed: in the caption, and in its button's accessible name.
     captions = js(browser, "[...document.querySelectorAll('#results figcaption')].map((f) => f.textContent)")
-    assert captions == [f"#{i + 1} · seed {2**53 - 4 + i}" for i in range(4)]
+    assert captions == [f"#{i + 1} · seed {2**53 - 16 + i}" for i in range(4)]
     assert js(browser, "[...document.querySelectorAll('#results button')].map((b) => b.getAttribute('aria-label'))"
-                       ".filter(Boolean)") == [f"Reuse seed {2**53 - 4 + i}" for i in range(4)]
+                       ".filter(Boolean)") == [f"Reuse seed {2**53 - 16 + i}" for i in range(4)]
     # The same holds for a seed the server draws.
     seed.clear()
     browser.find_element(By.ID, "generate").click()
