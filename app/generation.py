@@ -12,6 +12,7 @@ import asyncio
 import contextlib
 import secrets
 import time
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
 from model import RowSpec
@@ -110,6 +111,14 @@ class Submission:
     async def next_event(self, timeout: float | None = None) -> Event:
         """The engine's next event; raises TimeoutError after ``timeout`` seconds."""
         return await asyncio.wait_for(self._events.get(), timeout)
+
+    async def events(self, keepalive_s: float) -> AsyncIterator[Event | None]:
+        """The engine's events for a stream; None whenever ``keepalive_s`` passes without one."""
+        while True:
+            try:
+                yield await self.next_event(keepalive_s)
+            except TimeoutError:
+                yield None
 
     def cancel(self) -> None:
         if self.generation.finished is None:

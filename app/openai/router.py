@@ -100,10 +100,8 @@ async def image_stream(service: Service, plan: ImagesPlan, submission: Submissio
     """Partial images (x0 predictions) as previews arrive, each image as it finishes, or an error."""
     partials = PartialCounter(plan.n, plan.partial_images)
     try:
-        while True:
-            try:
-                event = await submission.next_event(KEEPALIVE_S)
-            except TimeoutError:
+        async for event in submission.events(KEEPALIVE_S):
+            if event is None:
                 yield b": keep-alive\n\n"
                 continue
             match event:

@@ -126,10 +126,8 @@ def make_router(service: Service, body_model: type[GenerateRequest]) -> APIRoute
 
 async def stream_events(service: Service, submission: Submission, request: Request) -> AsyncIterator[bytes]:
     try:
-        while True:
-            try:
-                event = await submission.next_event(KEEPALIVE_S)
-            except TimeoutError:
+        async for event in submission.events(KEEPALIVE_S):
+            if event is None:
                 yield b": keep-alive\n\n"
                 continue
             match event:
