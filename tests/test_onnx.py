@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import dataclasses
 import importlib.util
+import time
 from pathlib import Path
 
 import httpx
@@ -297,6 +298,10 @@ def test_the_server_resolves_ddpm_runtime_and_shows_its_choice(tiny_checkpoint: 
     from app import Settings, create_app
 
     with TestClient(create_app(Settings(checkpoint=tiny_checkpoint))) as client:
+        deadline = time.monotonic() + 60  # warm-up runs on its own thread after start-up
+        while client.get("/readyz").status_code != 200:
+            assert time.monotonic() < deadline, "never ready"
+            time.sleep(0.05)
         runner = client.get("/v1/model").json()["runner"]
         r = client.post("/generate", json={"steps": 3, "seed": 1})
     assert runner["name"] == "onnxruntime" and runner["requested"] == "auto" and "float32 on a CPU" in runner["reason"]
