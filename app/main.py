@@ -109,8 +109,13 @@ class DrainingServer(uvicorn.Server):
 
 def bind(host: str, port: int) -> socket.socket:
     """The listening socket, bound before anything else starts, so that a busy port is one clear
-    error instead of a start-up that loads the model and then aborts."""
-    sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM)
+    error instead of a start-up that loads the model and then aborts.
+
+    The protocol is named (IPPROTO_TCP, not 0): asyncio turns Nagle's algorithm off only on
+    sockets whose ``proto`` says TCP, and accepted sockets inherit it. With proto 0, every
+    response on a kept-alive connection waited ~40 ms for the client's delayed ACK."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
     try:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         sock.bind((host, port))

@@ -291,3 +291,32 @@ def test_oversized_headers_get_431_naming_the_problem(server: tuple[str, int, Pa
         data, closed = read_until_closed(sock, 5)
     assert closed and data.startswith(b"HTTP/1.1 431 ") and data.count(b"HTTP/1.1 ") == 1, data[:300]
     assert b"application/json" in data and b"invalid HTTP request" in data
+
+
+def test_connections_accepted_on_the_served_socket_have_nagle_off() -> None:
+    """The listening socket is bound before the model loads (app.main.bind); asyncio turns Nagle's
+    algorithm off on the connections it accepts only if that socket says it is TCP. When it did
+    not, a response on a kept-alive connection sat ~40 ms waiting for the client's delayed ACK."""
+    import asyncio
+
+    from app.main import bind
+
+    async def accepted_nodelay() -> int:
+        seen: asyncio.Future[int] = asyncio.get_running_loop().create_future()
+
+        class Probe(asyncio.Protocol):
+            def connection_made(self, transport: asyncio.BaseTransport) -> None:
+                sock = transport.get_extra_info("socket")
+                seen.set_result(sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY))
+                transport.close()
+
+        server = await asyncio.get_running_loop().create_server(Probe, sock=bind("127.0.0.1", 0))
+        async with server:
+            port = server.sockets[0].getsockname()[1]
+            _, writer = await asyncio.open_connection("127.0.0.1", port)
+            try:
+                return await asyncio.wait_for(seen, 10)
+            finally:
+                writer.close()
+
+    assert asyncio.run(accepted_nodelay()) != 0
