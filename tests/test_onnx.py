@@ -308,3 +308,18 @@ def test_the_server_resolves_ddpm_runtime_and_shows_its_choice(tiny_checkpoint: 
     assert runner["threads"] == 1 and r.status_code == 200
     with pytest.raises(ValidationError, match="torch.compile"):
         Settings(compile=True, runtime="onnxruntime")
+
+
+def test_the_export_writes_nothing_to_the_log_at_info(tiny: tuple[object, bytes], caplog: pytest.LogCaptureFixture,
+                                                       capsys: pytest.CaptureFixture[str]) -> None:
+    """A server exports at start-up with its log at INFO: the exporter's and its optimizer's
+    narration (hundreds of lines per export) stays out of it, and their levels are restored."""
+    import logging
+
+    model, _ = tiny
+    before = {name: logging.getLogger(name).level for name in export_module.NARRATORS}
+    with caplog.at_level(logging.INFO):
+        export_onnx(model.unet, model.config)  # type: ignore[attr-defined]
+    assert [r for r in caplog.records if not r.name.startswith("ddpm")] == []
+    assert capsys.readouterr().out == ""
+    assert {name: logging.getLogger(name).level for name in export_module.NARRATORS} == before

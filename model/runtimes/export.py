@@ -35,6 +35,7 @@ from ..config import ModelConfig
 from ..unet import UNet
 
 log = logging.getLogger("ddpm.onnx")
+NARRATORS = ("torch.onnx._internal.exporter._registration", "onnx_ir", "onnxscript")
 
 OPSET = 20  # opset 21's GroupNormalization ran 1.1-1.5x slower in ONNX Runtime's CPU provider than
 # opset 20's InstanceNormalization decomposition (docs/benchmarks.md, "ONNX Runtime")
@@ -98,11 +99,12 @@ def export_onnx(unet: UNet, config: ModelConfig) -> bytes:
     else:
         wrapper, args, names = _Unconditional(net), (x, t), INPUTS[:2]
     dynamic = {name: {0: batch} for name in names}
-    # The exporter narrates every stage on stdout and warns that torchvision is absent; neither
-    # belongs in a server's log.
-    registration = logging.getLogger("torch.onnx._internal.exporter._registration")
-    level = registration.level
-    registration.setLevel(logging.ERROR)
+    # The exporter narrates every stage on stdout, warns that torchvision is absent, and its
+    # optimizer logs each pass at INFO (hundreds of lines); none of it belongs in a server's log.
+    quiet = [logging.getLogger(name) for name in NARRATORS]
+    levels = [logger.level for logger in quiet]
+    for logger in quiet:
+        logger.setLevel(logging.ERROR)
     try:
         with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()), torch.inference_mode(False):
             warnings.simplefilter("ignore")
@@ -110,7 +112,8 @@ def export_onnx(unet: UNet, config: ModelConfig) -> bytes:
                                         input_names=list(names), output_names=[OUTPUT], dynamic_shapes=dynamic,
                                         external_data=False, optimize=True, verbose=False)
     finally:
-        registration.setLevel(level)
+        for logger, level in zip(quiet, levels, strict=True):
+            logger.setLevel(level)
     assert program is not None
     proto = program.model_proto
     meta = {CONFIG_KEY: config.to_json(), NULL_LABEL_KEY: str(net.null_label if net.conditional else ""),
