@@ -463,9 +463,11 @@ def test_nginx_spreads_requests_by_least_connections_and_streams_events_unbuffer
             events = EventStream(stream)
             # Server-sent events pass one by one: the server spaces progress events >= 50 ms apart,
             # and they arrive spaced too, not in one burst when a buffer fills.
-            events.until("progress", 4)
+            # (Six of them: on a saturated machine two may still land together; a buffering proxy
+            # would deliver all six in one burst.)
+            events.until("progress", 6)
             arrivals = [t for kind, _, t in events.events if kind == "progress"]
-            assert events.events[0][0] == "queued" and arrivals[3] - arrivals[0] >= 0.1, arrivals
+            assert events.events[0][0] == "queued" and arrivals[5] - arrivals[0] >= 0.1, arrivals
             busy = [name for name, url in replicas.items() if gauge(url, "ddpm_active_images") == 1.0]
             assert len(busy) == 1, "the stream runs on exactly one replica"
             (idle,) = set(replicas) - set(busy)

@@ -114,6 +114,17 @@ def post_async(url: str, body: dict[str, Any], results: list[int]) -> threading.
     return thread
 
 
+def drain_work(url: str, seconds: float = 8.0) -> dict[str, Any]:
+    """LONG with its steps cut so that two such requests take about ``seconds`` here and now: in
+    flight when SIGTERM comes (3 s after they are sent), done well within the manifest's drain
+    timeout (30 s) however busy the machine is, since it is measured on the same machine."""
+    body = {**LONG, "steps": 20}
+    start = time.monotonic()
+    assert httpx.post(f"{url}/generate", json=body, headers=AUTH, timeout=60).status_code == 200
+    step_s = 2 * (time.monotonic() - start) / body["steps"]  # two requests: twice the rows per step
+    return {**LONG, "steps": max(20, min(1000, round(seconds / step_s)))}
+
+
 def gauge(url: str, name: str) -> float:
     for line in httpx.get(f"{url}/metrics", timeout=10).text.splitlines():
         if line.startswith(name + " ") or line.startswith(name + "{"):
@@ -140,6 +151,7 @@ def test_the_deployment_starts_serves_and_drains_on_its_probes_and_grace_period(
         assert httpx.post(f"{url}/generate", json={"steps": 2}, timeout=30).status_code == 401  # the Secret's key
         # The pod is deleted: the preStop pause first, serving all along (endpoints are still
         # being updated), and requests arriving late in it are in flight at SIGTERM.
+        work = drain_work(url)
         deleted = time.monotonic()
         pause = c["lifecycle"]["preStop"]["sleep"]["seconds"]
         results: list[int] = []
@@ -148,7 +160,7 @@ def test_the_deployment_starts_serves_and_drains_on_its_probes_and_grace_period(
         while time.monotonic() - deleted < pause:
             during_pause.append(probe_ok(url, c["readinessProbe"]))
             if not threads and time.monotonic() - deleted > pause - 3:
-                threads = [post_async(url, {**LONG, "seed": i}, results) for i in range(2)]
+                threads = [post_async(url, {**work, "seed": i}, results) for i in range(2)]
             time.sleep(0.5)
         assert all(during_pause), "the pod stopped being ready before SIGTERM"
         wait_for(lambda: gauge(url, "ddpm_active_images") == 2 * LONG["n"], 30, "requests not in flight")
@@ -164,7 +176,7 @@ def test_the_deployment_starts_serves_and_drains_on_its_probes_and_grace_period(
         for t in threads:
             t.join(30)
         exited = time.monotonic() - deleted
-    assert results == [200, 200], results  # admitted before SIGTERM: finished, not cut off
+    assert results == [200, 200], (results, work)  # admitted before SIGTERM: finished, not cut off
     # uvicorn ends by re-raising the signal it caught: "terminated by SIGTERM" (143 in a container).
     assert code in (0, -signal.SIGTERM) and exited < grace, (code, exited, grace)
     assert "all requests finished" in (tmp_path / "ddpm-0.log").read_text()
