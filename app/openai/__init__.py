@@ -6,6 +6,7 @@ depend on the server's wiring, one concept a module.
 - ``prompts``: prompt -> class (``choose_class``); ``sizes``: size -> upscale (``choose_size``)
 - ``encoding``: png (identical to ``/generate``), jpeg, webp; ``response``: ``ImagesResponse``
 - ``stream``: OpenAI's image stream events; ``models``: the model list
+- ``stored``: ``response_format=url`` as a job in the job store; ``url_images``: its re-encoded images
 - ``errors``: OpenAI's error envelope (``OpenAIError``, ``from_status``, ``from_validation``)
 - ``envelope``: the middleware that puts every error under ``/v1/images`` and ``/v1/models`` in it
 - ``router``: the routes, and ``install(app, service, dependencies=...)``, which ``create_app`` calls
