@@ -28,6 +28,7 @@ from ..http_errors import detail_of, headers_of, status_of
 from ..job_service import JobService
 from ..routes.generate import KEEPALIVE_S, outcome
 from ..service import Service
+from .edits import make_edit_router
 from .encoding import encode_image
 from .envelope import OpenAIEnvelope
 from .errors import OpenAIError, from_status
@@ -176,5 +177,6 @@ def install(app: FastAPI, service: Service, *, dependencies: Sequence[Depends] =
     body = images_request_model(service.model.config, max_images=plan.admissible_images, max_steps=plan.max_steps,
                                 max_guidance=s.max_guidance, max_side=side, stores_urls=jobs is not None)
     app.include_router(make_router(service, body, max_side=side, jobs=jobs), dependencies=list(dependencies))
+    app.include_router(make_edit_router(service, max_side=side), dependencies=list(dependencies))
     app.add_exception_handler(OpenAIError, openai_error_handler)
     app.add_middleware(OpenAIEnvelope)
