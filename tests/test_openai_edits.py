@@ -174,3 +174,27 @@ def test_keys_and_the_body_limit_apply_to_the_forms(tiny_checkpoint: Path, tmp_p
         assert big.value.status_code == 413 and "max_body_bytes=2048" in big.value.message
         body = big.value.response.json()
         assert body["error"]["type"] == "invalid_request_error" and body["error"]["code"] == "request_too_large"
+
+
+# ---- OpenAI's mask to ours, without a server ----
+
+def test_alpha_below_128_is_edit_and_colours_are_ignored() -> None:
+    from app.openai.uploads import native_inputs, native_mask
+    from model.image_input import ImageLimits
+
+    rgba = np.zeros((2, 3, 4), np.uint8)
+    rgba[..., :3] = [[[255, 0, 0]], [[0, 0, 255]]]  # colours: never read
+    rgba[..., 3] = [[0, 127, 128], [255, 1, 254]]
+    mask = decode_png(native_mask(png(rgba), ImageLimits()))[:, :, 0]
+    np.testing.assert_array_equal(mask, [[255, 255, 0], [0, 255, 0]])
+    palette = Image.fromarray(np.array([[0, 1]], np.uint8), "P")
+    palette.info["transparency"] = 0  # index 0 transparent: a P image's way of saying alpha 0
+    buf = io.BytesIO()
+    palette.save(buf, format="PNG", transparency=0)
+    np.testing.assert_array_equal(decode_png(native_mask(buf.getvalue(), ImageLimits()))[:, :, 0], [[255, 0]])
+    opaque = png(np.full((2, 2, 4), 255, np.uint8))
+    assert native_inputs(opaque, None, ImageLimits()) == (opaque, None)  # nothing transparent: SDEdit, unchanged
+    with pytest.raises(ValueError, match="mask: has no alpha channel"):
+        native_mask(png(np.zeros((2, 2), np.uint8)), ImageLimits())
+    with pytest.raises(ValueError, match="exceed the limit of 3"):
+        native_mask(png(rgba), ImageLimits(max_pixels=3))
