@@ -14,6 +14,7 @@ import httpx
 import numpy as np
 import openai
 import pytest
+from openai.types import ImageEditCompletedEvent, ImageEditPartialImageEvent
 from PIL import Image
 
 from model.images import decode_png, encode_png
@@ -105,6 +106,22 @@ def test_without_a_mask_an_edit_is_sdedit_at_the_strength_given(client: openai.O
     assert (result.model_extra or {})["ddpm"]["strength"] == 0.6
 
 
+def test_a_streamed_edit_sends_partial_x0_images_then_the_native_edits_image(client: openai.OpenAI,
+                                                                             server: str) -> None:
+    stream = client.images.edit(image=file(encode_png(SOURCE)), mask=file(openai_mask(TOP)), prompt="4", n=2,
+                                stream=True, partial_images=2, extra_body={**DRAW, "steps": 12})
+    events = list(stream)
+    assert all(isinstance(e, ImageEditPartialImageEvent | ImageEditCompletedEvent) for e in events)
+    partial = [e for e in events if isinstance(e, ImageEditPartialImageEvent)]
+    done = [e for e in events if isinstance(e, ImageEditCompletedEvent)]
+    assert len(done) == 2 and 1 <= len(partial) <= 4 and {p.partial_image_index for p in partial} <= {0, 1}
+    white = np.where(TOP, 255, 0).astype(np.uint8)[:, :, None]
+    theirs = native(server, image=b64(encode_png(SOURCE)), mask=b64(encode_png(white)), n=2, label=4,
+                    **{**DRAW, "steps": 12})
+    by_index = {(e.model_extra or {})["image_index"]: base64.b64decode(e.b64_json) for e in done}
+    assert [by_index[0], by_index[1]] == theirs
+
+
 def test_variations_are_sdedit_at_the_default_strength_under_the_null_label(client: openai.OpenAI,
                                                                            server: str) -> None:
     result = client.images.create_variation(image=file(encode_png(SOURCE)), n=2, extra_body=DRAW)
@@ -138,7 +155,7 @@ def test_a_larger_upload_is_resized_and_the_answer_upscaled_to_size(client: open
     ({"extra_body": {"jumps": 3}}, "jumps", "jumps=3 must be <= 2 (DDPM_MAX_JUMPS)"),
     ({"extra_body": {"strength": 0}}, "strength", "greater than 0"),
     ({"extra_body": {"negative_prompt": "x"}}, "negative_prompt", "Unknown parameter"),
-    ({"stream": True}, "stream", "/v1/edits/stream"),
+    ({"stream": True, "partial_images": 4}, "partial_images", "less than or equal to 3"),
 ])
 def test_bad_edits_are_the_sdks_bad_request_error_naming_the_field(client: openai.OpenAI, kwargs: dict[str, Any],
                                                                    param: str, says: str) -> None:

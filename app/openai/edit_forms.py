@@ -16,7 +16,7 @@ native ``/v1/edits`` checks them, so both APIs refuse the same requests with the
 | ``n``, ``size``, ``output_format``, ``output_compression``, ``model``, ``user`` | as for generations |
 | ``response_format`` | ``b64_json``; ``url`` is a 400 (an edit's input is not kept in the job store) |
 | ``quality``, ``background``, ``input_fidelity`` | accepted when valid, **ignored** |
-| ``stream``, ``partial_images`` | ``stream=true`` is a 400: stream an edit with the native ``/v1/edits/stream`` |
+| ``stream``, ``partial_images`` | edits: ``image_edit.partial_image`` (x0 predictions) and ``image_edit.completed`` |
 """
 
 from __future__ import annotations
@@ -65,8 +65,9 @@ class EditForm(ImageForm):
     quality: Quality | None = None
     background: Background | None = None
     input_fidelity: Literal["high", "low"] | None = None
-    stream: bool | None = Field(None, description="true is a 400: use /v1/edits/stream")
-    partial_images: int | None = Field(None, ge=0, le=3)
+    stream: bool | None = Field(None, description="server-sent image_edit events")
+    partial_images: int | None = Field(None, ge=0, le=3, description="stream only: partial images (x0 "
+                                                                   "predictions) per image, at most")
     strength: float | None = Field(None, gt=0, le=1, description="DDPM extra: start at t = strength x T; "
                                                                  "empty: 0.5 without a mask, 1 with one")
     jumps: int = Field(0, ge=0, description="DDPM extra: RePaint's resampling jumps; 0: off")

@@ -21,7 +21,7 @@ from dataclasses import replace
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Form, Request
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, StreamingResponse
 from starlette.concurrency import run_in_threadpool
 
 from model.editing import DEFAULT_INPAINT_STRENGTH, DEFAULT_SDEDIT_STRENGTH
@@ -34,12 +34,12 @@ from ..routes.generate import outcome
 from ..service import Service
 from .edit_forms import EditForm, ImageForm, VariationForm
 from .encoding import encode_image
-from .errors import OpenAIError
 from .openapi import ImagesResponseBody, errors
 from .plan import ImagesPlan, plan_upload
 from .prompts import ClassChoice, choose_class
 from .response import ddpm_extra, images_response
 from .sizes import DEFAULT_MAX_SIDE
+from .stream import image_stream, preview_every
 from .uploads import native_inputs
 
 
@@ -85,27 +85,39 @@ async def answer(service: Service, request: Request, plan: ImagesPlan, body: Edi
     return JSONResponse(content, headers={"X-Seed": str(r.seeds[0]), "X-Seeds": ",".join(map(str, r.seeds))})
 
 
+async def stream_answer(service: Service, request: Request, plan: ImagesPlan, body: EditBody) -> StreamingResponse:
+    """OpenAI's image_edit.* events: partial images (x0 predictions), then each image."""
+    built = await build(service, request, body)
+    submission = submit_rows(service, request, built.resolved, built.specs, progress=True)
+    headers = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no", **submission.seed_headers()}
+    return StreamingResponse(image_stream(service, plan, submission, request), media_type="text/event-stream",
+                             headers=headers)
+
+
 def make_edit_router(service: Service, *, max_side: int = DEFAULT_MAX_SIDE) -> APIRouter:
     router = APIRouter(tags=["OpenAI-compatible"])
     config = service.model.config
     declared = {200: {"model": ImagesResponseBody, "description": "OpenAI's ImagesResponse"},
                 **errors(400, 401, 404, 413, 429, 500, 503, 504)}
+    streamed = {200: {"model": ImagesResponseBody, "content": {"text/event-stream": {}},
+                      "description": "OpenAI's ImagesResponse, or (stream) its image_edit stream events"},
+                **errors(400, 401, 404, 413, 429, 500, 503, 504)}
 
     @router.post("/v1/images/edits", summary="Edit an image (OpenAI's Images API): RePaint or SDEdit",
-                 responses=declared)
+                 responses=streamed)
     async def image_edits(request: Request, form: Annotated[EditForm, Form(media_type="multipart/form-data")]
-                          ) -> JSONResponse:
-        if form.stream:
-            raise OpenAIError(400, "stream=true is not served for edits; stream with the native /v1/edits/stream",
-                              param="stream", code="unsupported_value")
+                          ) -> Any:
         choice = choose_class(form.prompt, config, name=service.name)
         plan = plan_upload(form, config, choice, name=service.name, max_side=max_side)
         mask = None if form.mask is None else await form.mask.read()
         image, native_mask = await read_inputs(service, form, mask)
         mode = "repaint" if native_mask is not None else "sdedit"
+        previews = preview_every(form.steps or service.plan.default_steps, plan.partial_images)
         body = native_body(form, plan, image, native_mask, strength=form.strength, jumps=form.jumps,
-                           jump_length=form.jump_length)
+                           jump_length=form.jump_length, preview_every=previews)
         plan = _said(plan, f"; {mode} of the {'transparent area' if native_mask else 'whole image'}")
+        if plan.stream:
+            return await stream_answer(service, request, plan, body)
         default = DEFAULT_INPAINT_STRENGTH if native_mask else DEFAULT_SDEDIT_STRENGTH
         strength = default if form.strength is None else form.strength
         return await answer(service, request, plan, body, {"mode": mode, "strength": strength})

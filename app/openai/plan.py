@@ -33,6 +33,7 @@ class ImagesPlan:
     partial_images: int  # 0..3, 0 unless streaming
     safety_identifier: str | None
     native: dict[str, Any]  # the /generate fields: n, seed, steps, sampler, eta, label, guidance
+    events: str = "image_generation"  # the stream's event prefix; edits: image_edit
 
 
 def check_model(requested: str | None, served: str) -> None:
@@ -81,9 +82,12 @@ def plan_upload(form: ImageForm, config: ModelConfig, choice: ClassChoice, *, na
                                "kept in the job store); use response_format='b64_json'",
                           param="response_format", code="unsupported_value")
     size = choose_size(form.size, config.image_size, max_side)
+    stream = bool(getattr(form, "stream", None))  # edits stream (image_edit.* events); variations do not
     return ImagesPlan(
         n=form.n or 1, label=choice.label, revised_prompt=choice.revised_prompt + size.note(), size=size,
         output_format=form.output_format or "png",
         compression=100 if form.output_compression is None else form.output_compression,
-        response_format="b64_json", stream=False, partial_images=0, safety_identifier=form.user or None, native={},
+        response_format="b64_json", stream=stream,
+        partial_images=(getattr(form, "partial_images", None) or 0) if stream else 0,
+        safety_identifier=form.user or None, native={}, events="image_edit",
     )

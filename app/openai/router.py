@@ -12,7 +12,7 @@ time from the model's bounds, as a real type rather than a string naming a local
 """
 
 import time
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
@@ -21,17 +21,15 @@ from fastapi.params import Depends
 from fastapi.responses import JSONResponse, StreamingResponse
 from starlette.concurrency import run_in_threadpool
 
-from ..events import Done, Failed, ImageReady, Progress
 from ..generation import GenerationParams, Resolved, Submission, resolve, submit
 from ..http import request_owner
-from ..http_errors import detail_of, headers_of, status_of
 from ..job_service import JobService
-from ..routes.generate import KEEPALIVE_S, outcome
+from ..routes.generate import outcome
 from ..service import Service
 from .edits import make_edit_router
 from .encoding import encode_image
 from .envelope import OpenAIEnvelope
-from .errors import OpenAIError, from_status
+from .errors import OpenAIError
 from .models import created_at, find_model, model_list
 from .openapi import ImagesResponseBody, ModelList, ModelOut, errors
 from .plan import ImagesPlan, plan_images
@@ -39,7 +37,7 @@ from .request import ImagesRequest, images_request_model
 from .response import ddpm_extra, images_response
 from .sizes import DEFAULT_MAX_SIDE
 from .stored import image_urls, job_spec, run_job
-from .stream import PartialCounter, completed_event, error_event, partial_event, preview_every
+from .stream import image_stream, preview_every
 from .url_images import add_reencoding_route
 
 
@@ -121,40 +119,6 @@ def make_router(service: Service, body_model: type[ImagesRequest], *, max_side: 
     if jobs is not None:
         add_reencoding_route(router, service, jobs, max_factor=max(1, max_side // config.image_size))
     return router
-
-
-async def image_stream(service: Service, plan: ImagesPlan, submission: Submission,
-                       request: Request) -> AsyncIterator[bytes]:
-    """Partial images (x0 predictions) as previews arrive, each image as it finishes, or an error."""
-    partials = PartialCounter(plan.n, plan.partial_images)
-    try:
-        async for event in submission.events(KEEPALIVE_S):
-            if event is None:
-                yield b": keep-alive\n\n"
-                continue
-            match event:
-                case Progress(previews=previews) if previews:
-                    for index, image in previews.items():
-                        number = partials.next_index(index)
-                        if number is not None:
-                            encoded = await run_in_threadpool(encode, plan, image)
-                            yield partial_event(plan, encoded, image_index=index, partial_index=number,
-                                                created=int(time.time()))
-                case ImageReady(index=index, seed=seed, image=image):
-                    encoded = await run_in_threadpool(encode, plan, image)
-                    yield completed_event(plan, encoded, image_index=index, seed=seed, created=int(time.time()))
-                case Done():
-                    service.metrics.request_duration.observe(submission.timings()["total_s"])
-                    return
-                case Failed(error=error):
-                    envelope = from_status(status_of(error), detail_of(error), headers=headers_of(error))
-                    request.state.outcome = envelope.status  # counted as the client saw it, not as the 200
-                    yield error_event(envelope)
-                    return
-                case _:
-                    continue
-    finally:
-        submission.cancel()  # the client left mid-stream: free the rows
 
 
 async def openai_error_handler(request: Request, exc: Exception) -> JSONResponse:
