@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import base64
 import io
+import time
 from collections.abc import Iterator
 from contextlib import ExitStack
 from pathlib import Path
@@ -18,6 +19,7 @@ import redis
 from PIL import Image
 
 from .job_stores import redis_url  # noqa: F401  (a fixture)
+from .live import slowed
 from .test_openai_live import openai_server, sdk
 
 SEED = {"seed": 21, "steps": 4, "sampler": "ddim"}
@@ -98,3 +100,27 @@ def test_url_cannot_be_streamed_and_bad_fields_still_fail_first(replicas: tuple[
     with pytest.raises(openai.BadRequestError) as size:
         client.images.generate(prompt="7", response_format="url", size="100x100")
     assert size.value.param == "size"
+
+
+def canceled_jobs(url: str) -> list[dict[str, Any]]:
+    return httpx.get(f"{url}/v1/jobs", params={"status": "canceled"}).json()["jobs"]
+
+
+def test_past_the_deadline_or_with_the_client_gone_the_job_is_canceled(tiny_checkpoint: Path,
+                                                                       tmp_path: Path) -> None:
+    model = slowed(tiny_checkpoint, 0.05)  # 100 steps: 5 s
+    with openai_server(tiny_checkpoint, model=model, request_timeout_s=1.0, data_dir=tmp_path,
+                       runtime="torch", job_poll_s=0.05) as (url, _):
+        with pytest.raises(openai.InternalServerError) as late:
+            sdk(url).images.generate(prompt="7", response_format="url", extra_body={"steps": 100})
+        assert late.value.status_code == 504 and "deadline" in late.value.message
+        deadline = time.monotonic() + 10
+        while len(canceled_jobs(url)) < 1 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert len(canceled_jobs(url)) == 1  # its rows were freed, not left to run for nobody
+        with pytest.raises(openai.APITimeoutError):  # the client gives up after 0.3 s
+            openai.OpenAI(base_url=f"{url}/v1", api_key="x", max_retries=0, timeout=0.3).images.generate(
+                prompt="7", response_format="url", extra_body={"steps": 15})
+        while len(canceled_jobs(url)) < 2 and time.monotonic() < deadline + 5:
+            time.sleep(0.05)
+        assert len(canceled_jobs(url)) == 2

@@ -30,10 +30,11 @@ from urllib.parse import urlencode
 from fastapi import Request
 from starlette.concurrency import run_in_threadpool
 
-from ..errors import DeadlineExceeded
+from ..errors import Cancelled, DeadlineExceeded
 from ..generation import Resolved
 from ..job_service import JobService
 from ..jobs import Job, JobEvent, JobSpec, JobStore, fingerprint
+from ..routes.generate import wait_disconnect
 from .errors import OpenAIError, from_status
 from .plan import ImagesPlan
 
@@ -82,7 +83,8 @@ async def run_job(jobs: JobService, owner: str, spec: JobSpec, request: Request,
 
 
 async def wait_terminal(store: JobStore, job_id: str, owner: str, request: Request, deadline: float) -> Job:
-    """Subscribed first, then the store read, so that no event is missed between the two."""
+    """Subscribed first, then the store read, so that no event is missed between the two. Raises
+    Cancelled the moment the client leaves, DeadlineExceeded when ``deadline`` passes."""
     loop = asyncio.get_running_loop()
     changed = asyncio.Event()
 
@@ -92,6 +94,7 @@ async def wait_terminal(store: JobStore, job_id: str, owner: str, request: Reque
                 loop.call_soon_threadsafe(changed.set)
 
     unsubscribe: Callable[[], None] = store.subscribe(job_id, on_event)
+    gone = asyncio.ensure_future(wait_disconnect(request))
     try:
         while True:
             changed.clear()  # before the read: an event during it wakes the next wait
@@ -101,9 +104,11 @@ async def wait_terminal(store: JobStore, job_id: str, owner: str, request: Reque
             left = deadline - time.monotonic()
             if left <= 0:
                 raise DeadlineExceeded(f"job {job_id} did not finish within the request's deadline")
-            if await request.is_disconnected():
-                raise asyncio.CancelledError("the client left")
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(changed.wait(), min(POLL_S, left))
+            woken = asyncio.ensure_future(changed.wait())
+            await asyncio.wait({woken, gone}, timeout=min(POLL_S, left), return_when=asyncio.FIRST_COMPLETED)
+            woken.cancel()
+            if gone.done():
+                raise Cancelled("the client closed the connection")
     finally:
+        gone.cancel()
         unsubscribe()
