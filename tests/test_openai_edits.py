@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import base64
 import io
+import re
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -89,6 +90,8 @@ def test_inpainting_with_openais_mask_is_byte_identical_to_the_native_edit(clien
     extra = (result.model_extra or {})["ddpm"]
     assert extra["mode"] == "repaint" and extra["seeds"] == [9, 10] and extra["label"] == 4
     assert extra["strength"] == 1.0  # inpainting's default: from pure noise
+    metrics = httpx.get(f"{server}/metrics").text  # counted as the OpenAI API's, with the sampler drawn
+    assert re.search(r'ddpm_requests_total\{api="openai",sampler="ddpm",status="200"\} [1-9]', metrics)
 
 
 def test_an_image_with_transparent_pixels_is_its_own_mask(client: openai.OpenAI, server: str) -> None:

@@ -73,6 +73,7 @@ async def answer(service: Service, request: Request, plan: ImagesPlan, body: Edi
     """Run the native edit and answer in OpenAI's shape."""
     built = await build(service, request, body)
     r = built.resolved
+    request.state.sampler = r.sampler  # the request counter's label
     images = built.ready
     if built.specs:
         images = await outcome(submit_rows(service, request, r, built.specs, progress=False), request)
@@ -88,6 +89,7 @@ async def answer(service: Service, request: Request, plan: ImagesPlan, body: Edi
 async def stream_answer(service: Service, request: Request, plan: ImagesPlan, body: EditBody) -> StreamingResponse:
     """OpenAI's image_edit.* events: partial images (x0 predictions), then each image."""
     built = await build(service, request, body)
+    request.state.sampler = built.resolved.sampler
     submission = submit_rows(service, request, built.resolved, built.specs, progress=True)
     headers = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no", **submission.seed_headers()}
     return StreamingResponse(image_stream(service, plan, submission, request), media_type="text/event-stream",
