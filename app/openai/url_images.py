@@ -34,7 +34,7 @@ def add_reencoding_route(router: APIRouter, service: Service, jobs: JobService, 
     store, settings = jobs.store, service.settings
 
     @router.get(REENCODE_PATH, response_class=Response, summary="An image of a response_format=url request",
-                responses={200: {"content": {t: {} for t in MEDIA_TYPES.values()}}, **errors(400, 401, 404, 410)})
+                responses={200: {"content": {t: {} for t in MEDIA_TYPES.values()}}, **errors(400, 401, 404, 409, 410)})
     async def stored_image(request: Request, job_id: str = Path(max_length=64), index: int = Path(ge=0),
                            output_format: OutputFormat = "png",
                            output_compression: int = Query(100, ge=0, le=100),
