@@ -102,25 +102,31 @@ def test_url_cannot_be_streamed_and_bad_fields_still_fail_first(replicas: tuple[
     assert size.value.param == "size"
 
 
-def canceled_jobs(url: str) -> list[dict[str, Any]]:
-    return httpx.get(f"{url}/v1/jobs", params={"status": "canceled"}).json()["jobs"]
+def ended(url: str, *statuses: str) -> list[dict[str, Any]]:
+    return [j for status in statuses for j in httpx.get(f"{url}/v1/jobs", params={"status": status}).json()["jobs"]]
 
 
-def test_past_the_deadline_or_with_the_client_gone_the_job_is_canceled(tiny_checkpoint: Path,
-                                                                       tmp_path: Path) -> None:
+def wait_ended(url: str, count: int, *statuses: str) -> list[dict[str, Any]]:
+    deadline = time.monotonic() + 15
+    while len(ended(url, *statuses)) < count and time.monotonic() < deadline:
+        time.sleep(0.05)
+    return ended(url, *statuses)
+
+
+def test_past_the_deadline_or_with_the_client_gone_the_job_ends(tiny_checkpoint: Path, tmp_path: Path) -> None:
     model = slowed(tiny_checkpoint, 0.05)  # 100 steps: 5 s
     with openai_server(tiny_checkpoint, model=model, request_timeout_s=1.0, data_dir=tmp_path,
                        runtime="torch", job_poll_s=0.05) as (url, _):
         with pytest.raises(openai.InternalServerError) as late:
             sdk(url).images.generate(prompt="7", response_format="url", extra_body={"steps": 100})
         assert late.value.status_code == 504 and "deadline" in late.value.message
-        deadline = time.monotonic() + 10
-        while len(canceled_jobs(url)) < 1 and time.monotonic() < deadline:
-            time.sleep(0.05)
-        assert len(canceled_jobs(url)) == 1  # its rows were freed, not left to run for nobody
-        with pytest.raises(openai.APITimeoutError):  # the client gives up after 0.3 s
+        # canceled by the wait, or failed by the engine's own deadline (the same 1 s): not left running
+        [job] = wait_ended(url, 1, "canceled", "failed")
+        stored = httpx.get(f"{url}/v1/images/jobs/{job['id']}/images/0?output_format=webp")
+        assert stored.status_code == 409 and "once it has succeeded" in stored.json()["error"]["message"]
+        with pytest.raises(openai.APITimeoutError):  # the client gives up after 0.3 s, well before 15 steps
             openai.OpenAI(base_url=f"{url}/v1", api_key="x", max_retries=0, timeout=0.3).images.generate(
                 prompt="7", response_format="url", extra_body={"steps": 15})
-        while len(canceled_jobs(url)) < 2 and time.monotonic() < deadline + 5:
-            time.sleep(0.05)
-        assert len(canceled_jobs(url)) == 2
+        before = 1 if job["status"] == "canceled" else 0
+        assert len([j for j in wait_ended(url, before + 1, "canceled") if j["id"] != job["id"]]) == 1
+        assert ended(url, "succeeded") == []
