@@ -205,6 +205,8 @@ def test_editing_limits_are_settings_enforced_at_their_edge(tiny_checkpoint: Pat
     with live_app(tiny_checkpoint, max_image_pixels=63, max_jumps=1, max_frames=3) as (url, app), \
             httpx.Client(base_url=url, timeout=60) as c:
         with_editing(app)
+        limits = c.get("/v1/model").json()["limits"]
+        assert (limits["max_image_pixels"], limits["max_jumps"], limits["max_frames"]) == (63, 1, 3)
         r = c.post("/v1/edits", json={"image": b64(SOURCE), "steps": 2})  # 8 x 8 = 64 pixels
         assert r.status_code == 413 and "image: 8x8 pixels exceed the limit of 63 (DDPM_MAX_IMAGE_PIXELS)" in r.text
         r = c.post("/v1/interpolations", json={"a": {"seed": 1}, "b": {"seed": 2}, "t": 0, "frames": 4})
