@@ -23,8 +23,8 @@ from .service import Service
 
 # Numbers are JSON numbers, as in /generate's body (app.schemas): "4" and true are refused.
 JSON_NUMBER = JsonInt.__metadata__[0]  # type: ignore[attr-defined]  # the BeforeValidator of JsonInt
-MAX_JUMPS = 50  # RePaint's own experiments use 10 (the row count is also bounded by max_steps)
-MAX_FRAMES = 64
+# jumps and frames are bounded by the settings DDPM_MAX_JUMPS and DDPM_MAX_FRAMES (check_bounds),
+# upload pixels by DDPM_MAX_IMAGE_PIXELS (limits); the schema holds only what no setting changes.
 
 
 class Common(BaseModel):
@@ -56,7 +56,8 @@ class EditBody(Common):
     strength: Annotated[float, Field(gt=0, le=1), JSON_NUMBER] | None = Field(
         None, description="start at t = strength x T; null: 0.5 without a mask, 1 with one")
     n: Annotated[int, Field(ge=1), JSON_NUMBER] = 1
-    jumps: Annotated[int, Field(ge=0, le=MAX_JUMPS), JSON_NUMBER] = Field(0, description="RePaint's resampling; 0: off")
+    jumps: Annotated[int, Field(ge=0), JSON_NUMBER] = Field(
+        0, description="RePaint's resampling; 0: off; at most DDPM_MAX_JUMPS (default 50)")
     jump_length: Annotated[int, Field(ge=1, le=1000), JSON_NUMBER] = 10
     resize: bool = Field(False, description="scale (and convert) the image to the model's size and mode")
 
@@ -83,7 +84,7 @@ class InterpolationBody(Common):
     b: End
     t: Annotated[int, Field(ge=0), JSON_NUMBER] | None = Field(
         None, description="encode to step t; null: T/2; 0: the blend")
-    frames: Annotated[int, Field(ge=2, le=MAX_FRAMES), JSON_NUMBER] = 11
+    frames: Annotated[int, Field(ge=2), JSON_NUMBER] = Field(11, description="at most DDPM_MAX_FRAMES (default 64)")
     resize: bool = False
 
 
@@ -107,14 +108,28 @@ def check_bounds(service: Service, body: Common, n: int, field_n: str = "n") -> 
         raise InvalidRequest("label", problem)
     if body.guidance is not None and body.guidance > service.settings.max_guidance:
         raise InvalidRequest("guidance", f"guidance={body.guidance} must be <= {service.settings.max_guidance}")
+    check_editing_limits(service, body)
     num = config.diffusion.num_timesteps
     t = getattr(body, "t", None)
     if t is not None and t > num:
         raise InvalidRequest("t", f"t={t} must be <= {num}")
 
 
+def check_editing_limits(service: Service, body: Common) -> None:
+    """``jumps`` and ``frames`` against their settings, as InvalidRequest naming the field and the limit."""
+    s = service.settings
+    jumps, frames = getattr(body, "jumps", 0), getattr(body, "frames", 2)
+    if jumps > s.max_jumps:
+        raise InvalidRequest("jumps", f"jumps={jumps} must be <= {s.max_jumps} (DDPM_MAX_JUMPS)")
+    if frames > s.max_frames:
+        raise InvalidRequest("frames", f"frames={frames} must be <= {s.max_frames} (DDPM_MAX_FRAMES)")
+
+
 def limits(service: Service) -> ImageLimits:
-    return ImageLimits(max_bytes=min(ImageLimits().max_bytes, service.settings.max_body_bytes))
+    """An upload's bounds: DDPM_MAX_IMAGE_PIXELS, and bytes under the body limit."""
+    s = service.settings
+    return ImageLimits(max_bytes=min(ImageLimits().max_bytes, s.max_body_bytes), max_pixels=s.max_image_pixels,
+                       pixels_setting="DDPM_MAX_IMAGE_PIXELS")
 
 
 def decode_edit_inputs(service: Service, body: EditBody) -> tuple[torch.Tensor, torch.Tensor | None]:

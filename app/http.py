@@ -21,6 +21,7 @@ from .metrics import Metrics
 log = logging.getLogger("ddpm.http")
 _SAFE_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
 COUNTED_PATHS = {"/generate": "native", "/generate/stream": "native", "/v1/images/generations": "openai",
+                 "/v1/images/edits": "openai", "/v1/images/variations": "openai",
                  **{f"/v1/{kind}{stream}": "native" for kind in ("edits", "interpolations", "variations")
                     for stream in ("", "/stream")}}
 PROTECTED_PREFIXES = ("/generate", "/v1/")  # health, metrics, the page and the docs stay open

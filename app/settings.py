@@ -85,6 +85,13 @@ class Settings(BaseSettings):
     webhook_backoff_s: float = Field(1.0, gt=0, description="first retry delay; doubles per attempt, with jitter")
     webhook_timeout_s: float = Field(10.0, gt=0, description="one webhook attempt: connect, send, read status")
 
+    # Editing (/v1/edits, /v1/interpolations, /v1/variations, /v1/images/edits and /variations)
+    max_image_pixels: int = Field(2048 * 2048, ge=1, description="width x height of an uploaded image or mask, "
+                                  "read from its header before decoding; above it 413")
+    max_jumps: int = Field(50, ge=0, description="largest RePaint jumps of an edit (RePaint's own experiments use "
+                           "10; the plan's length is also bounded by max_steps)")
+    max_frames: int = Field(64, ge=2, description="largest frames of an interpolation")
+
     # HTTP
     host: str = "0.0.0.0"
     port: int = Field(8000, ge=0, le=65535)

@@ -18,6 +18,7 @@ import torch
 from PIL import Image
 
 FORMATS = ("PNG", "JPEG")
+DEFAULT_MAX_PIXELS = 2048 * 2048
 
 
 class ImageInputError(ValueError):
@@ -34,7 +35,8 @@ class ImageLimits:
     """Bounds on one uploaded image (the server's settings may override each)."""
 
     max_bytes: int = 4 * 2**20  # encoded size, kept under the request body limit
-    max_pixels: int = 2048 * 2048  # width x height read from the header, before decoding a byte
+    max_pixels: int = DEFAULT_MAX_PIXELS  # width x height read from the header, before decoding a byte
+    pixels_setting: str = ""  # the setting that sets max_pixels, named in the refusal
 
 
 def decode_base64(data: str, field: str, limits: ImageLimits = ImageLimits()) -> bytes:
@@ -59,7 +61,9 @@ def open_image(data: bytes, field: str, limits: ImageLimits = ImageLimits()) -> 
             image = Image.open(io.BytesIO(data), formats=FORMATS)
             w, h = image.size
             if w * h > limits.max_pixels:
-                raise ImageInputError(field, f"{w}x{h} pixels exceed the limit of {limits.max_pixels}", too_large=True)
+                named = f" ({limits.pixels_setting})" if limits.pixels_setting else ""
+                raise ImageInputError(field, f"{w}x{h} pixels exceed the limit of {limits.max_pixels}{named}",
+                                      too_large=True)
             image.load()
     except ImageInputError:
         raise

@@ -195,3 +195,45 @@ def test_an_image_over_the_pixel_cap_is_a_413(client: httpx.Client) -> None:
     r = client.post("/v1/variations", json={"sampler": "ddim", "eta": 0})
     assert r.status_code == 422 and "stochastic" in r.text
 
+
+
+def test_editing_limits_are_settings_enforced_at_their_edge(tiny_checkpoint: Path) -> None:
+    """DDPM_MAX_IMAGE_PIXELS, DDPM_MAX_JUMPS and DDPM_MAX_FRAMES: at the limit served, one past it
+    refused naming the field, the limit and the setting."""
+    masked = {"mask": b64(np.where(TOP, 255, 0).astype(np.uint8)[:, :, None]), "steps": 4, "sampler": "ddpm",
+              "jump_length": 1}
+    with live_app(tiny_checkpoint, max_image_pixels=63, max_jumps=1, max_frames=3) as (url, app), \
+            httpx.Client(base_url=url, timeout=60) as c:
+        with_editing(app)
+        limits = c.get("/v1/model").json()["limits"]
+        assert (limits["max_image_pixels"], limits["max_jumps"], limits["max_frames"]) == (63, 1, 3)
+        r = c.post("/v1/edits", json={"image": b64(SOURCE), "steps": 2})  # 8 x 8 = 64 pixels
+        assert r.status_code == 413 and "image: 8x8 pixels exceed the limit of 63 (DDPM_MAX_IMAGE_PIXELS)" in r.text
+        r = c.post("/v1/interpolations", json={"a": {"seed": 1}, "b": {"seed": 2}, "t": 0, "frames": 4})
+        assert r.status_code == 422 and "frames=4 must be <= 3 (DDPM_MAX_FRAMES)" in r.text
+        assert r.json()["detail"][0]["field"] == "frames"
+        r = c.post("/v1/interpolations", json={"a": {"seed": 1}, "b": {"seed": 2}, "t": 0, "frames": 3,
+                                               "steps": 2, "response_format": "base64"})
+        assert r.status_code == 200 and len(r.json()["images"]) == 3
+    with live_app(tiny_checkpoint, max_image_pixels=64, max_jumps=1) as (url, app), \
+            httpx.Client(base_url=url, timeout=60) as c:
+        with_editing(app)
+        r = c.post("/v1/edits", json={"image": b64(SOURCE), **masked, "jumps": 2})
+        assert r.status_code == 422 and "jumps=2 must be <= 1 (DDPM_MAX_JUMPS)" in r.text
+        assert r.json()["detail"][0]["field"] == "jumps"
+        r = c.post("/v1/edits", json={"image": b64(SOURCE), **masked, "jumps": 1})
+        assert r.status_code == 200 and r.headers["content-type"] == "image/png"
+        r = c.post("/v1/edits", json={"image": b64(SOURCE), **masked, "jumps": 51})  # the old constant: now the
+        assert r.status_code == 422 and "DDPM_MAX_JUMPS" in r.text                    # setting's words
+
+
+@pytest.mark.parametrize(("name", "value"), [("max_image_pixels", 0), ("max_jumps", -1), ("max_frames", 1)])
+def test_absurd_editing_limits_stop_the_start(name: str, value: int) -> None:
+    from pydantic import ValidationError
+
+    from app import Settings
+    from app.settings import settings_errors
+
+    with pytest.raises(ValidationError) as info:
+        Settings(**{name: value})  # type: ignore[arg-type]
+    assert any(line.startswith(f"DDPM_{name.upper()}") for line in settings_errors(info.value))

@@ -252,7 +252,7 @@ def test_jpeg_and_webp_follow_output_compression(pictures: list[np.ndarray], fmt
 # ---- responses and models, read by the official SDK's own types ----
 
 def test_images_response_parses_as_the_sdks_images_response(Body: Any, digits: Any) -> None:
-    plan = plan_images(Body.model_validate({"prompt": "7", "size": "16x16", "user": "u"}), digits)
+    plan = plan_images(Body.model_validate({"prompt": "7", "size": "16x16", "user": "u", "n": 2}), digits)
     encoded = [encode_image(np.zeros((8, 8, 1), np.uint8), "png", factor=2)] * 2
     extra = ddpm_extra(plan, digits.name, [3, 4], {"steps": 10, "sampler": "ddim", "guidance": 0.0})
     body = images_response(plan, encoded, created=1700000000, extra=extra)

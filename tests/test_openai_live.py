@@ -136,7 +136,7 @@ def test_png_upscale_repeats_every_pixel(client: openai.OpenAI, native: httpx.Cl
 @pytest.mark.parametrize(("kwargs", "param", "says"), [
     ({"size": "1024x1536"}, "size", "allowed: 'auto' (8x8, native) or NxN with N a multiple of 8"),
     ({"size": "12x12"}, "size", "1024x1024"),
-    ({"response_format": "url"}, "response_format", "use response_format='b64_json'"),
+    ({"response_format": "url", "stream": True}, "response_format", "cannot be streamed"),
     ({"prompt": "7 or 8"}, "prompt", "names 2 classes (7, 8)"),
     ({"prompt": "a cat"}, "prompt", "name exactly one of 0, 1, 2"),
     ({"output_format": "gif"}, "output_format", "'png', 'jpeg' or 'webp'"),

@@ -69,6 +69,8 @@ def errors(*statuses: int) -> dict[int | str, dict[str, Any]]:
         401: "missing or invalid API key (when keys are configured)",
         404: "model_not_found: another model than the served one",
         405: "method not allowed",
+        409: "the job behind the URL has no images yet",
+        410: "the stored image expired (DDPM_JOB_TTL_S)",
         413: "request body too large",
         429: "queue full; retry after the Retry-After header's seconds",
         500: "sampling failed; the server keeps serving",

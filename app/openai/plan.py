@@ -13,8 +13,9 @@ from typing import Any
 
 from model import ModelConfig
 
+from .edit_forms import ImageForm
 from .errors import OpenAIError
-from .prompts import choose_class
+from .prompts import ClassChoice, choose_class
 from .request import ImagesRequest, OutputFormat
 from .sizes import DEFAULT_MAX_SIDE, SizeChoice, choose_size
 
@@ -32,6 +33,7 @@ class ImagesPlan:
     partial_images: int  # 0..3, 0 unless streaming
     safety_identifier: str | None
     native: dict[str, Any]  # the /generate fields: n, seed, steps, sampler, eta, label, guidance
+    events: str = "image_generation"  # the stream's event prefix; edits: image_edit
 
 
 def check_model(requested: str | None, served: str) -> None:
@@ -65,4 +67,27 @@ def plan_images(body: ImagesRequest, config: ModelConfig, *, name: str | None = 
         output_format=body.format, compression=body.compression, response_format=response_format,
         stream=bool(body.stream), partial_images=body.partials, safety_identifier=body.identifier,
         native=native,
+    )
+
+
+def plan_upload(form: ImageForm, config: ModelConfig, choice: ClassChoice, *, name: str | None = None,
+                max_side: int = DEFAULT_MAX_SIDE) -> ImagesPlan:
+    """How to answer an edit or a variation (the rows are built by the native editing API):
+    the model, size and formats checked as for generations; ``url`` is a 400, since an edit is
+    not a job the store can hold (its input image is not kept)."""
+    name = name or config.name
+    check_model(form.model, name)
+    if form.response_format == "url":
+        raise OpenAIError(400, "response_format='url' is served for generations only (an edit's input is not "
+                               "kept in the job store); use response_format='b64_json'",
+                          param="response_format", code="unsupported_value")
+    size = choose_size(form.size, config.image_size, max_side)
+    stream = bool(getattr(form, "stream", None))  # edits stream (image_edit.* events); variations do not
+    return ImagesPlan(
+        n=form.n or 1, label=choice.label, revised_prompt=choice.revised_prompt + size.note(), size=size,
+        output_format=form.output_format or "png",
+        compression=100 if form.output_compression is None else form.output_compression,
+        response_format="b64_json", stream=stream,
+        partial_images=(getattr(form, "partial_images", None) or 0) if stream else 0,
+        safety_identifier=form.user or None, native={}, events="image_edit",
     )

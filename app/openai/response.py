@@ -25,9 +25,9 @@ def ddpm_extra(plan: ImagesPlan, model: str, seeds: Sequence[int], resolved: Map
 
 def images_response(plan: ImagesPlan, encoded: Sequence[bytes], *, created: int, extra: Mapping[str, Any],
                     urls: Sequence[str] | None = None) -> dict[str, Any]:
-    """The JSON body; ``urls`` (one per image) when ``response_format`` is ``url``."""
+    """The JSON body; ``urls`` (one per image, ``encoded`` then unused) when ``response_format`` is ``url``."""
     if plan.response_format == "url":
-        if urls is None or len(urls) != len(encoded):
+        if urls is None or len(urls) != plan.n:
             raise ValueError("response_format=url needs one URL per image")
         data = [{"url": u, "revised_prompt": plan.revised_prompt} for u in urls]
     else:

@@ -1,4 +1,5 @@
-"""OpenAI's image stream: server-sent events the SDK's ``Stream[ImageGenStreamEvent]`` reads.
+"""OpenAI's image stream: server-sent events the SDK's ``Stream[ImageGenStreamEvent]`` reads
+(``image_generation.*``), or for an edit its ``Stream[ImageEditStreamEvent]`` (``image_edit.*``).
 
 Each event is ``event: <type>`` plus ``data: <json>`` whose ``type`` repeats the event name:
 
@@ -17,10 +18,20 @@ from __future__ import annotations
 
 import json
 import math
+import time
+from collections.abc import AsyncIterator
 from typing import Any
 
-from .encoding import b64
-from .errors import OpenAIError
+from fastapi import Request
+from starlette.concurrency import run_in_threadpool
+
+from ..events import Done, Failed, ImageReady, Progress
+from ..generation import Submission
+from ..http_errors import detail_of, headers_of, status_of
+from ..routes.generate import KEEPALIVE_S
+from ..service import Service
+from .encoding import b64, encode_image
+from .errors import OpenAIError, from_status
 from .plan import ImagesPlan
 
 PARTIAL = "image_generation.partial_image"
@@ -41,16 +52,18 @@ def _common(plan: ImagesPlan, created: int) -> dict[str, Any]:
 
 def partial_event(plan: ImagesPlan, encoded: bytes, *, image_index: int, partial_index: int,
                   created: int) -> bytes:
-    return frame(PARTIAL, {"type": PARTIAL, "b64_json": b64(encoded), "partial_image_index": partial_index,
+    kind = f"{plan.events}.partial_image"
+    return frame(kind, {"type": kind, "b64_json": b64(encoded), "partial_image_index": partial_index,
                            "image_index": image_index, **_common(plan, created)})
 
 
 def completed_event(plan: ImagesPlan, encoded: bytes, *, image_index: int, seed: int, created: int) -> bytes:
-    data: dict[str, Any] = {"type": COMPLETED, "b64_json": b64(encoded), "image_index": image_index, "seed": seed,
+    kind = f"{plan.events}.completed"
+    data: dict[str, Any] = {"type": kind, "b64_json": b64(encoded), "image_index": image_index, "seed": seed,
                             "revised_prompt": plan.revised_prompt, "usage": _USAGE, **_common(plan, created)}
     if plan.safety_identifier:
         data["safety_identifier"] = plan.safety_identifier
-    return frame(COMPLETED, data)
+    return frame(kind, data)
 
 
 def error_event(error: OpenAIError) -> bytes:
@@ -80,3 +93,41 @@ class PartialCounter:
             return None
         self.sent[image_index] += 1
         return self.sent[image_index] - 1
+
+
+def encode(plan: ImagesPlan, image: Any) -> bytes:
+    return encode_image(image, plan.output_format, compression=plan.compression, factor=plan.size.factor)
+
+
+async def image_stream(service: Service, plan: ImagesPlan, submission: Submission,
+                       request: Request) -> AsyncIterator[bytes]:
+    """Partial images (x0 predictions) as previews arrive, each image as it finishes, or an error."""
+    partials = PartialCounter(plan.n, plan.partial_images)
+    try:
+        async for event in submission.events(KEEPALIVE_S):
+            if event is None:
+                yield b": keep-alive\n\n"
+                continue
+            match event:
+                case Progress(previews=previews) if previews:
+                    for index, image in previews.items():
+                        number = partials.next_index(index)
+                        if number is not None:
+                            encoded = await run_in_threadpool(encode, plan, image)
+                            yield partial_event(plan, encoded, image_index=index, partial_index=number,
+                                                created=int(time.time()))
+                case ImageReady(index=index, seed=seed, image=image):
+                    encoded = await run_in_threadpool(encode, plan, image)
+                    yield completed_event(plan, encoded, image_index=index, seed=seed, created=int(time.time()))
+                case Done():
+                    service.metrics.request_duration.observe(submission.timings()["total_s"])
+                    return
+                case Failed(error=error):
+                    envelope = from_status(status_of(error), detail_of(error), headers=headers_of(error))
+                    request.state.outcome = envelope.status  # counted as the client saw it, not as the 200
+                    yield error_event(envelope)
+                    return
+                case _:
+                    continue
+    finally:
+        submission.cancel()  # the client left mid-stream: free the rows
