@@ -540,6 +540,29 @@ def test_nginx_passes_a_replicas_429_with_retry_after_and_does_not_retry_it(
 
 @pytest.mark.slow
 @pytest.mark.timeout(120)
+def test_nginx_forwards_the_host_with_its_port_so_result_urls_name_the_balancer(
+        balancer: Balancer, replicas: dict[str, str]) -> None:
+    """OpenAI ``response_format="url"`` answers absolute URLs built from the Host the proxy
+    forwards: behind nginx on a port other than 80 they must name that port, not the replica's
+    and not none (nginx's ``$host`` drops the port; ``$http_host`` keeps it)."""
+    wait_idle(replicas)
+    with httpx.Client(base_url=balancer.url, timeout=60) as client:
+        model = client.get("/v1/models").json()["data"][0]["id"]
+        body = {"model": model, "prompt": "", "response_format": "url", "steps": 2, "seed": 3}
+        for _ in range(10):  # the tiny replica may be busy (429); nginx then sends the next to the other
+            r = client.post("/v1/images/generations", json=body)
+            if r.status_code == 200:
+                break
+            assert r.status_code == 429, r.text
+            time.sleep(0.2)
+        assert r.status_code == 200, r.text
+    (url,) = [item["url"] for item in r.json()["data"]]
+    assert url.startswith(balancer.url + "/"), (url, balancer.url)
+    wait_idle(replicas)
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(120)
 def test_nginx_passes_a_draining_replicas_503_with_retry_after_and_does_not_retry_it(
         nginx_bin: str, long_checkpoint: Path, replicas: dict[str, str], tmp_path: Path) -> None:
     # A third replica, draining after SIGTERM while a request it admitted still runs; nginx in
