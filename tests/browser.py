@@ -90,10 +90,11 @@ def wait(driver: Any, expression: str, timeout: float = 30.0, errors: str = "err
 
 def module_call(driver: Any, module: str, body: str, *args: Any) -> Any:
     """Imports one of the page's modules as ``m`` and returns what ``body`` (an expression, which
-    may use ``args``) gives."""
+    may use ``args``) gives, awaited when it is a promise."""
     result = driver.execute_async_script(
         f"const done = arguments[arguments.length - 1], args = [...arguments].slice(0, -1);"
-        f"import('/static/{module}').then((m) => done({{ok: {body}}})).catch((e) => done({{error: String(e)}}));",
+        f"import('/static/{module}').then(async (m) => done({{ok: await ({body})}}))"
+        f".catch((e) => done({{error: String(e)}}));",
         *args)
     assert "error" not in result, result["error"]
     return result["ok"]

@@ -26,7 +26,7 @@ from .test_process import serve_process
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(120), NEEDS_BROWSER]
 
-LONG_STEPS = 6000  # about 5 s for two images on one core: long enough to reload or cancel mid-job
+LONG_STEPS = 8000  # about 6 s for two images on one core: long enough to reload or cancel mid-job
 
 
 @pytest.fixture(scope="module")
@@ -59,7 +59,7 @@ def fill(driver: Any, **values: str) -> None:
 
 def job_box(driver: Any) -> dict[str, str]:
     return js(driver, "({...document.getElementById('job-box').dataset,"
-                      " step: document.getElementById('job-step-text').textContent,"
+                      " text_step: document.getElementById('job-step-text').textContent,"
                       " status: document.getElementById('job-box').dataset.status,"
                       " text: document.getElementById('job-status').textContent})")
 
@@ -73,7 +73,7 @@ def test_a_job_shows_progress_and_a_reload_picks_it_up(browser: Any, server: str
                   " && Number(document.getElementById('job-box').dataset.events) > 0", errors="job-errors")
     job_id = job_box(browser)["id"]
     assert js(browser, "localStorage.getItem('ddpm-job')") == job_id
-    assert re.fullmatch(rf"Step \d+ of {LONG_STEPS} · [01] of 2 images done", job_box(browser)["step"])
+    assert re.fullmatch(rf"Step \d+ of {LONG_STEPS} · [01] of 2 images done", job_box(browser)["text_step"])
     on_server = api.get(f"/v1/jobs/{job_id}").json()
     assert on_server["status"] == "running" and on_server["steps"] == LONG_STEPS and on_server["seeds"] == [1234, 1235]
 
@@ -85,13 +85,17 @@ def test_a_job_shows_progress_and_a_reload_picks_it_up(browser: Any, server: str
                   " && document.getElementById('job-box').dataset.resumed === 'true'", timeout=5)
     wait(browser, "Number(document.getElementById('job-box').dataset.events) > 0", timeout=10, errors="job-errors")
     picked_up = job_box(browser)
-    assert picked_up["status"] == "running", picked_up  # still mid-job: this progress came after the reload
+    assert picked_up["status"] == "running", picked_up  # still mid-job
+    # and the progress goes on after the reload: a later step, from the job's event stream
+    wait(browser, f"Number(document.getElementById('job-box').dataset.step) > {picked_up['step']}"
+                  " && document.getElementById('job-box').dataset.status === 'running'",
+         timeout=10, errors="job-errors")
     assert api.get(f"/v1/jobs/{job_id}").json()["status"] in ("running", "succeeded")
 
     wait(browser, "document.getElementById('job-box').dataset.status === 'succeeded'"
                   " && document.getElementById('job-box').dataset.images === '2'", timeout=60, errors="job-errors")
     done = job_box(browser)
-    assert done["step"] == f"Done: 2 images, {LONG_STEPS} steps" and done["text"] == "succeeded"
+    assert done["text_step"] == f"Done: 2 images, {LONG_STEPS} steps" and done["text"] == "succeeded"
     images = js(browser, "[...document.querySelectorAll('#job-results img')].map((i) => "
                          "({src: i.src, alt: i.alt, w: i.naturalWidth}))")
     captions = js(browser, "[...document.querySelectorAll('#job-results figcaption')].map((f) => f.textContent)")
@@ -119,7 +123,7 @@ def test_cancel_a_queued_and_a_running_job(browser: Any, server: str, api: httpx
         assert re.fullmatch(r"queued behind [12] images?|queued: starting at the next step", queued["text"]), queued
         browser.find_element(By.ID, "job-cancel").click()
         wait(browser, "document.getElementById('job-box').dataset.status === 'canceled'", errors="job-errors")
-        assert job_box(browser)["step"] == "Canceled"
+        assert job_box(browser)["text_step"] == "Canceled"
         after = api.get(f"/v1/jobs/{queued['id']}")
         # Canceled, and readable as such (or gone, where DELETE also deletes): never run.
         assert after.status_code == 404 or after.json()["status"] == "canceled", after.text

@@ -9,7 +9,7 @@ import { Panel, readRun } from './run.js';
 import { modelSized, SourcePicker } from './sources.js';
 
 const state = { api: null, card: null, panel: null, ends: {} };
-const SEED_OPTION = { value: 'seed', label: 'a seed: its sample, drawn first' };
+const SEED_OPTION = { value: 'seed', label: 'a seed (its sample)' };
 
 export function setupInterpolation(api, card) {
   Object.assign(state, { api, card });
@@ -18,6 +18,7 @@ export function setupInterpolation(api, card) {
   Object.assign($('interp-steps'), { max: card.limits.max_steps, value: $('steps').value });
   Object.assign($('interp-t'), { max: card.timesteps, value: Math.round(card.timesteps / 2) });
   showT();
+  $('interp-run').disabled = false;
   if (state.panel) return;
   state.panel = new Panel('interp');
   for (const end of ['a', 'b']) {

@@ -8,7 +8,7 @@ import { $, clearErrorsIn, el, pixelImage, plural, showErrorIn } from './dom.js'
 const STORAGE = 'ddpm-job';
 const TERMINAL = ['succeeded', 'failed', 'canceled'];
 const RECONNECT_MS = 1000;
-const state = { api: null, card: null, id: null, controller: null };
+const state = { api: null, card: null, id: null, controller: null, seeds: null };
 
 /** Called once the model card is loaded; `fields()` is the main form's request body. */
 export function setupJobs(api, card, fields) {
@@ -73,6 +73,7 @@ async function follow(id, resumed) {
   try {
     for (;;) {
       const job = await getJob(id, signal);
+      state.seeds = job.seeds;
       show(job);
       if (TERMINAL.includes(job.status)) return await ended(job, signal);
       if (await watch(id, signal)) return await ended(await getJob(id, signal), signal);
@@ -99,7 +100,8 @@ async function watch(id, signal) {
     for await (const { event, data } of events) {
       if (event === 'queued') show({ status: 'queued', position: data.position });
       else if (event === 'progress') show({ status: 'running', progress: data, n: data.n });
-      else if (event === 'image') await addImage(id, data.index, data.seed === undefined ? null : String(data.seed), data.png_base64);
+      // The event's seed is a JSON number (rounded past 2^53): the job's exact seeds name the image.
+      else if (event === 'image') await addImage(id, data.index, state.seeds?.[data.index] ?? null, data.png_base64);
       else if (event === 'done' || event === 'error') return true;
     }
   } catch (e) {
@@ -123,6 +125,7 @@ function show(job) {
     const n = job.n ?? p.n;
     $('job-step-text').textContent = `Step ${p.step} of ${p.steps} · ${p.images_done} of ${plural(n, 'image')} done`;
     b.dataset.events = String(Number(b.dataset.events) + 1);
+    b.dataset.step = String(p.step);
   }
 }
 

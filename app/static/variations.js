@@ -20,6 +20,7 @@ export function setupVariations(api, card, schedule) {
   Object.assign($('var-n'), { max: card.limits.max_images_per_request });
   Object.assign($('var-t'), { max: card.timesteps, value: Math.round(card.timesteps / 4) });
   showT();
+  $('var-run').disabled = false;
   if (state.panel) return;
   state.panel = new Panel('var');
   $('var-t').addEventListener('input', showT);
@@ -33,7 +34,7 @@ export function setupVariations(api, card, schedule) {
 
 function showT() {
   const t = Number($('var-t').value);
-  const share = state.schedule ? `, √ᾱ_t = ${Math.sqrt(alphaBar(state.schedule.alphas_cumprod, t)).toFixed(3)} of x₀ left` : '';
+  const share = state.schedule ? `, √ᾱ_t = ${Math.sqrt(alphaBar(state.schedule.alphas_cumprod, t)).toFixed(3)} : the share of x₀ left in x_t` : '';
   $('var-t-out').textContent = `t = ${t} of ${state.card.timesteps}${share}`;
 }
 
@@ -77,7 +78,7 @@ async function vary(signal) {
     onProgress: (data) => state.panel.progressed(data),
     onImage: addImage,
   });
-  done.images.forEach((image, i) => addImage({ ...image, index: image.index ?? i, seed: image.seed }));
+  done.images.forEach(addImage);
   row.dataset.done = 'true';
   state.panel.say(`Done: t = ${fields.t}. Move the slider and compare the rows.`);
 }
@@ -90,5 +91,9 @@ function placeRow(row) {
   }
   const after = [...rows.children].find((r) => Number(r.dataset.t) > Number(row.dataset.t));
   rows.insertBefore(row, after ?? null);
-  while (rows.children.length > MAX_ROWS) rows.lastElementChild.remove();
+  // Over the limit, the row farthest in t from the new one goes.
+  while (rows.children.length > MAX_ROWS) {
+    const t = Number(row.dataset.t);
+    [...rows.children].reduce((far, r) => (Math.abs(Number(r.dataset.t) - t) > Math.abs(Number(far.dataset.t) - t) ? r : far)).remove();
+  }
 }
