@@ -222,6 +222,15 @@ def test_variations_slider_sets_t(browser: Any, server: str, api: httpx.Client) 
     assert len(set(rows[0])) == 1  # t = 0 shares the whole chain: one sample, three times
     assert len(set(rows[100])) == 3  # t = T shares only x_T
 
+    # DDIM with eta = 0 draws no noise: the server refuses it by name, the panel says so.
+    Select(browser.find_element(By.ID, "var-sampler")).select_by_value("ddim")
+    browser.find_element(By.ID, "var-run").click()
+    wait(browser, "document.getElementById('var').dataset.state === 'failed'", errors="var-errors")
+    refused = api.post("/v1/variations", json={"t": 90, "seed": 21, "sampler": "ddim"})
+    assert refused.status_code == 422
+    shown = js(browser, "document.getElementById('var-errors').innerText")
+    assert "HTTP 422" in shown and refused.json()["detail"][0]["msg"] in shown and "sampler" in shown
+
 
 def test_png_encoder_and_exact_seeds_in_bodies(browser: Any, server: str) -> None:
     """The page's own PNG writer, read back by Pillow (grey and RGB, odd sizes), and seeds past

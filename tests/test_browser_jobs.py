@@ -159,3 +159,20 @@ def test_a_stored_job_that_is_gone_says_so(browser: Any, server: str) -> None:
     wait(browser, "document.getElementById('job-box').dataset.status === 'gone'", errors="job-errors")
     assert "404" in js(browser, "document.getElementById('job-errors').innerText")
     assert js(browser, "localStorage.getItem('ddpm-job')") is None
+
+
+def test_a_refused_job_names_the_field(browser: Any, server: str, api: httpx.Client) -> None:
+    ready_page(browser, server)
+    browser.execute_script("localStorage.clear(); document.getElementById('job-forget').click();")
+    limit = api.get("/v1/model").json()["limits"]["max_steps"]
+    browser.execute_script("document.getElementById('steps').removeAttribute('max')")  # past the browser's check
+    fill(browser, steps=str(limit + 1))
+    browser.find_element(By.ID, "submit-job").click()
+    wait(browser, "document.getElementById('errors').dataset.status === '422'")
+    expected = api.post("/v1/jobs", json={"steps": limit + 1})
+    assert expected.status_code == 422
+    shown = js(browser, "document.getElementById('errors').innerText")
+    assert "Could not queue the job (HTTP 422)" in shown
+    assert all(e["msg"] in shown for e in expected.json()["detail"]) and "steps" in shown
+    assert js(browser, "document.getElementById('job-box').hidden") is True
+    assert js(browser, "localStorage.getItem('ddpm-job')") is None

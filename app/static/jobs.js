@@ -17,7 +17,10 @@ export function setupJobs(api, card, fields) {
   if (!$('submit-job').dataset.wired) {
     $('submit-job').dataset.wired = 'true';
     $('submit-job').addEventListener('click', () => {
-      if ($('generate-form').reportValidity()) submit(fields()).catch((e) => failed(e, 'Could not queue the job'));
+      if (!$('generate-form').reportValidity()) return;
+      clearErrorsIn($('errors'));
+      clearErrorsIn($('job-errors'));
+      submit(fields()).catch((e) => failed(e, 'Could not queue the job'));
     });
     $('job-cancel').addEventListener('click', () => cancel().catch((e) => failed(e, 'Could not cancel the job')));
     $('job-forget').addEventListener('click', forget);
@@ -30,8 +33,9 @@ function box() {
   return $('job-box');
 }
 
+/** Errors go to the job box, or to the form's own box while no job is shown (a refused submission). */
 function failed(error, context) {
-  showErrorIn($('job-errors'), error, context);
+  showErrorIn(box().hidden ? $('errors') : $('job-errors'), error, context);
 }
 
 async function submit(fields) {
