@@ -28,7 +28,7 @@ from app.docs_assets import install_offline_docs
 from .browser import (
     AUTH,
     KEY,
-    NEEDS_BROWSER,
+    MISSING,
     By,
     Keys,
     Select,
@@ -43,7 +43,15 @@ from .browser import (
 from .live import live_app
 from .test_process import serve_process
 
-pytestmark = [pytest.mark.slow, pytest.mark.timeout(120), NEEDS_BROWSER]
+# The remedies in the reason become the run's closing line (tests/skipsummary.py); the other
+# browser suites share this mark as tests.browser.NEEDS_BROWSER.
+pytestmark = [
+    pytest.mark.slow,
+    pytest.mark.timeout(120),
+    pytest.mark.skipif(bool(MISSING), reason="no browser to test the page in: missing chromium "
+                       "(apt-get install chromium) or chromedriver (apt-get install chromium-driver), "
+                       f"or selenium (pip install -e '.[test]'): {', '.join(MISSING)}"),
+]
 
 SEED = 2**53 - 16  # the largest seed the server takes: room for n = 16 below 2^53
 

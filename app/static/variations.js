@@ -34,7 +34,8 @@ export function setupVariations(api, card, schedule) {
 
 function showT() {
   const t = Number($('var-t').value);
-  const share = state.schedule ? `, √ᾱ_t = ${Math.sqrt(alphaBar(state.schedule.alphas_cumprod, t)).toFixed(3)} : the share of x₀ left in x_t` : '';
+  const signal = state.schedule ? Math.sqrt(alphaBar(state.schedule.alphas_cumprod, t)) : null;
+  const share = signal === null ? '' : `, √ᾱ_t = ${signal.toFixed(3)} (the share of x₀ left in x_t)`;
   $('var-t-out').textContent = `t = ${t} of ${state.card.timesteps}${share}`;
 }
 
