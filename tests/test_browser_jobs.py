@@ -8,9 +8,14 @@ running (for seconds) when the page is reloaded or the job canceled.
 from __future__ import annotations
 
 import dataclasses
+import os
 import re
+import subprocess
+import sys
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -22,19 +27,26 @@ from model.config import DiffusionConfig
 
 from .browser import AUTH, KEY, NEEDS_BROWSER, By, chromium, decode_data_url, decode_png, js, ready_page, wait
 from .conftest import randomized_unet, tiny_config
-from .test_process import serve_process
+from .live import free_port, wait_ready
+from .test_process import ROOT, serve_process
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(120), NEEDS_BROWSER]
 
 LONG_STEPS = 8000  # about 6 s for two images on one core: long enough to reload or cancel mid-job
+RESTART_STEPS = 3000  # on PyTorch, slower a step than ONNX Runtime: seconds too
 
 
 @pytest.fixture(scope="module")
-def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+def long_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
     config = dataclasses.replace(tiny_config(), diffusion=DiffusionConfig(num_timesteps=10_000))
-    folder = tmp_path_factory.mktemp("jobs-page")
-    save_checkpoint(folder / "long.safetensors", randomized_unet(config.unet), config)
-    with serve_process(folder / "long.safetensors", folder / "serve.log", api_keys=KEY, max_batch="2") as (url, _):
+    path = tmp_path_factory.mktemp("jobs-page") / "long.safetensors"
+    save_checkpoint(path, randomized_unet(config.unet), config)
+    return path
+
+
+@pytest.fixture(scope="module")
+def server(long_checkpoint: Path) -> Iterator[str]:
+    with serve_process(long_checkpoint, long_checkpoint.parent / "serve.log", api_keys=KEY, max_batch="2") as (url, _):
         yield url
 
 
@@ -176,3 +188,53 @@ def test_a_refused_job_names_the_field(browser: Any, server: str, api: httpx.Cli
     assert all(e["msg"] in shown for e in expected.json()["detail"]) and "steps" in shown
     assert js(browser, "document.getElementById('job-box').hidden") is True
     assert js(browser, "localStorage.getItem('ddpm-job')") is None
+
+
+@contextmanager
+def serve_at(port: int, checkpoint: Path, data: Path, log: Path) -> Iterator[subprocess.Popen[bytes]]:
+    """``ddpm serve`` on a given port (so that a restart is the same server to the page); killed at the end."""
+    env = {**os.environ, "DDPM_CHECKPOINT": str(checkpoint), "DDPM_DATA_DIR": str(data), "DDPM_API_KEYS": KEY,
+           "DDPM_MAX_BATCH": "2", "PYTHONUNBUFFERED": "1",
+           # the killed server's claim lapses in 2 s, not the default 30; PyTorch starts sooner than an ONNX export
+           "DDPM_JOB_LEASE_S": "2", "DDPM_RUNTIME": "torch"}
+    with open(log, "ab") as out:
+        proc = subprocess.Popen([sys.executable, "-m", "cli", "serve", "--host", "127.0.0.1", "--port", str(port)],
+                                cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT)
+    try:
+        with httpx.Client(base_url=f"http://127.0.0.1:{port}") as client:
+            wait_ready(client, timeout=60)
+        yield proc
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        proc.wait(10)
+
+
+def test_the_page_follows_a_job_through_a_server_restart(browser: Any, long_checkpoint: Path, tmp_path: Path) -> None:
+    """kill -9 mid-job: the page keeps trying, and when the server is back (same port, same SQLite
+    data) the job runs again from its stored seeds and the page shows it finishing."""
+    port, data, log = free_port(), tmp_path / "data", tmp_path / "serve.log"
+    url = f"http://127.0.0.1:{port}"
+    with serve_at(port, long_checkpoint, data, log) as first:
+        ready_page(browser, url)
+        browser.execute_script("localStorage.clear(); document.getElementById('job-forget').click();")
+        fill(browser, n="1", steps=str(RESTART_STEPS), seed="77")
+        browser.find_element(By.ID, "submit-job").click()
+        wait(browser, "document.getElementById('job-box').dataset.status === 'running'", errors="job-errors")
+        job_id = job_box(browser)["id"]
+        first.kill()  # SIGKILL: nothing is saved on the way out
+        first.wait(10)
+        wait(browser, "document.getElementById('job-errors').innerText.includes('trying again')", timeout=15)
+        assert js(browser, "document.getElementById('job-errors').dataset.status") == "0"
+    with serve_at(port, long_checkpoint, data, log):
+        wait(browser, "document.getElementById('job-box').dataset.status === 'succeeded'"
+                      " && document.getElementById('job-box').dataset.images === '1'", timeout=90, errors="job-errors")
+        assert js(browser, "document.getElementById('job-errors').innerText") == ""  # the retry notice is gone
+        with httpx.Client(base_url=url, headers=AUTH, timeout=60) as api:
+            job = api.get(f"/v1/jobs/{job_id}").json()
+            assert job["status"] == "succeeded" and job["attempts"] >= 2, job
+            shown = js(browser, "document.querySelector('#job-results img').src")
+            assert np.array_equal(decode_data_url(shown), decode_png(api.get(f"/v1/jobs/{job_id}/images/0").content))
+            # the same image as the same request run undisturbed
+            fresh = api.post("/generate", json={"n": 1, "steps": RESTART_STEPS, "seed": 77}).content
+            assert np.array_equal(decode_data_url(shown), decode_png(fresh))

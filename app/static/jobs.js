@@ -8,6 +8,7 @@ import { $, clearErrorsIn, el, pixelImage, plural, showErrorIn } from './dom.js'
 const STORAGE = 'ddpm-job';
 const TERMINAL = ['succeeded', 'failed', 'canceled'];
 const RECONNECT_MS = 1000;
+const MAX_RECONNECT_MS = 10_000;
 const state = { api: null, card: null, id: null, controller: null, seeds: null };
 
 /** Called once the model card is loaded; `fields()` is the main form's request body. */
@@ -75,13 +76,14 @@ async function follow(id, resumed) {
   $('job-cancel').disabled = false;
   $('job-step-text').textContent = resumed ? 'Picking the job up again…' : 'Queued…';
   try {
-    for (;;) {
-      const job = await getJob(id, signal);
+    for (let failures = 0; ; failures++) {
+      const job = await reachable(() => getJob(id, signal), signal);
       state.seeds = job.seeds;
       show(job);
       if (TERMINAL.includes(job.status)) return await ended(job, signal);
-      if (await watch(id, signal)) return await ended(await getJob(id, signal), signal);
-      await sleep(RECONNECT_MS, signal); // the stream broke (a proxy, a replica restarting): read the job again
+      if (await watch(id, signal)) return await ended(await reachable(() => getJob(id, signal), signal), signal);
+      // The stream broke (a proxy's timeout, a replica restarting): read the job again, soon.
+      await sleep(Math.min(RECONNECT_MS * 2 ** failures, MAX_RECONNECT_MS), signal);
     }
   } catch (e) {
     if (e.name === 'AbortError') return;
@@ -93,6 +95,21 @@ async function follow(id, resumed) {
       $('job-cancel').disabled = true;
     }
     failed(e, `Job ${id} cannot be read`);
+  }
+}
+
+/** `read()`, retried while the server cannot be reached or answers 5xx (a restart): the job is kept by the server. */
+async function reachable(read, signal) {
+  for (let wait = RECONNECT_MS; ; wait = Math.min(2 * wait, MAX_RECONNECT_MS)) {
+    try {
+      const result = await read();
+      clearErrorsIn($('job-errors'));
+      return result;
+    } catch (e) {
+      if (!(e instanceof ApiError) || (e.status !== 0 && e.status < 500)) throw e;
+      failed(e, `Job ${state.id}: the server cannot be read now; trying again in ${wait / 1000} s`);
+      await sleep(wait, signal);
+    }
   }
 }
 
