@@ -84,7 +84,9 @@ async function body() {
 
 async function edit(signal) {
   const fields = await body();
-  const size = state.card.image_size * Math.max(1, Math.floor(96 / state.card.image_size));
+  const scale = (target) => state.card.image_size * Math.max(1, Math.floor(target / state.card.image_size));
+  const size = scale(96);
+  const big = scale(128); // as the main results are shown
   const inputs = [el('figure', {}, pixelImage(`data:image/png;base64,${fields.image}`, 'The image sent', size),
     el('figcaption', {}, 'input'))];
   if (fields.mask) {
@@ -100,9 +102,12 @@ async function edit(signal) {
     if ($('edit-results').querySelector(`[data-index="${index}"]`)) return;
     const exact = first === null ? String(seed) : String(first + BigInt(index));
     const what = fields.mask ? 'inpainted' : 'edited';
+    const src = `data:image/png;base64,${png}`;
     const item = el('li', { className: 'result', dataset: { index: String(index), seed: exact } },
-      el('figure', {}, pixelImage(`data:image/png;base64,${png}`, `Image ${what}, seed ${exact}`, size * 4 / 3),
-        el('figcaption', {}, `#${index + 1} · seed ${exact}`)));
+      el('figure', {}, pixelImage(src, `Image ${what}, seed ${exact}`, big),
+        el('figcaption', {}, `#${index + 1} · seed ${exact}`)),
+      el('div', { className: 'actions' }, el('a', { href: src, download: `ddpm-edit-seed-${exact}.png`, className: 'button' }, 'Download PNG')));
+    item.style.setProperty('--image', `${big}px`);
     const after = [...$('edit-results').children].find((li) => Number(li.dataset.index) > index);
     $('edit-results').insertBefore(item, after ?? null);
   };
