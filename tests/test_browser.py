@@ -13,7 +13,6 @@ import io
 import json
 import os
 import re
-import shutil
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -26,23 +25,26 @@ from PIL import Image, ImageSequence
 
 from app.docs_assets import install_offline_docs
 
+from .browser import (
+    AUTH,
+    KEY,
+    MISSING,
+    By,
+    Keys,
+    Select,
+    chromium,
+    decode_data_url,
+    js,
+    module_call,
+    ready_page,
+    severe_console,
+    wait,
+)
 from .live import live_app
 from .test_process import serve_process
 
-CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
-CHROMEDRIVER = shutil.which("chromedriver")
-try:
-    from selenium import webdriver
-    from selenium.webdriver.common.by import By
-    from selenium.webdriver.common.keys import Keys
-    from selenium.webdriver.support.ui import Select, WebDriverWait
-except ImportError:  # pragma: no cover - the skip below says why
-    webdriver = None  # type: ignore[assignment]
-
-MISSING = [what for what, ok in (("selenium (pip install -e '.[test]')", webdriver is not None),
-                                 ("chromium (apt-get install chromium)", CHROMIUM),
-                                 ("chromedriver (apt-get install chromium-driver)", CHROMEDRIVER)) if not ok]
-# The remedies in the reason become the run's closing line (tests/skipsummary.py).
+# The remedies in the reason become the run's closing line (tests/skipsummary.py); the other
+# browser suites share this mark as tests.browser.NEEDS_BROWSER.
 pytestmark = [
     pytest.mark.slow,
     pytest.mark.timeout(120),
@@ -51,18 +53,7 @@ pytestmark = [
                        f"or selenium (pip install -e '.[test]'): {', '.join(MISSING)}"),
 ]
 
-KEY = "browser-test-key"
 SEED = 2**53 - 16  # the largest seed the server takes: room for n = 16 below 2^53
-AUTH = {"Authorization": f"Bearer {KEY}"}
-# Chromium on a machine without a network: no sandbox as root, no GPU, and none of the
-# background connections (updates, sync, QUIC probes) that a closed network refuses. Every host
-# but the loopback is made unreachable, whatever network this machine has: names do not resolve,
-# and anything else goes to a proxy on a closed loopback port (Chromium never proxies loopback).
-# So a page that needs a CDN fails here as it would on an air-gapped machine.
-CHROMIUM_FLAGS = ("--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-                  "--disable-background-networking", "--disable-component-update", "--disable-sync",
-                  "--disable-dev-shm-usage", "--force-device-scale-factor=1", "--window-size=1280,1000", "--lang=en",
-                  "--host-resolver-rules=MAP * ~NOTFOUND, EXCLUDE 127.0.0.1", "--proxy-server=http://127.0.0.1:9")
 
 
 @pytest.fixture(scope="module")
@@ -80,59 +71,8 @@ def downloads(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="module")
 def browser(tmp_path_factory: pytest.TempPathFactory, downloads: Path) -> Iterator[Any]:
-    from selenium.webdriver.chrome.options import Options
-    from selenium.webdriver.chrome.service import Service
-
-    profile = tmp_path_factory.mktemp("chromium-profile")
-    options = Options()
-    options.binary_location = str(CHROMIUM)
-    for flag in (*CHROMIUM_FLAGS, f"--user-data-dir={profile}"):
-        options.add_argument(flag)
-    options.add_experimental_option("prefs", {"download.default_directory": str(downloads),
-                                              "download.prompt_for_download": False})
-    options.set_capability("goog:loggingPrefs", {"browser": "ALL"})
-    # Both paths given: Selenium Manager has nothing to look up (it would try the network).
-    service = Service(executable_path=str(CHROMEDRIVER), log_output=str(profile.parent / "chromedriver.log"))
-    driver = webdriver.Chrome(options=options, service=service)
-    try:
-        driver.set_script_timeout(20)
-        driver.execute_cdp_cmd("Browser.setDownloadBehavior", {"behavior": "allow", "downloadPath": str(downloads)})
+    with chromium(tmp_path_factory.mktemp("chromium-profile"), downloads) as driver:
         yield driver
-    finally:
-        try:
-            driver.quit()  # ends Chromium, then chromedriver
-        finally:
-            service.stop()  # a no-op after a clean quit; kills chromedriver when quit failed
-
-
-def js(driver: Any, expression: str, *args: Any) -> Any:
-    return driver.execute_script(f"return {expression};", *args)
-
-
-def wait(driver: Any, expression: str, timeout: float = 30.0) -> Any:
-    """Waits until the JavaScript expression is truthy; the failure names it and the page's errors."""
-    try:
-        return WebDriverWait(driver, timeout, poll_frequency=0.05).until(lambda d: js(d, expression))
-    except Exception as exc:
-        errors = js(driver, "document.getElementById('errors')?.innerText")
-        console = [entry["message"] for entry in driver.get_log("browser")]
-        raise AssertionError(f"waiting for {expression!r}; page errors: {errors!r}; console: {console}") from exc
-
-
-def module_call(driver: Any, module: str, body: str, *args: Any) -> Any:
-    """Imports one of the page's modules as ``m`` and returns what ``body`` (an expression, which
-    may use ``args``) gives."""
-    result = driver.execute_async_script(
-        f"const done = arguments[arguments.length - 1], args = [...arguments].slice(0, -1);"
-        f"import('/static/{module}').then((m) => done({{ok: {body}}})).catch((e) => done({{error: String(e)}}));",
-        *args)
-    assert "error" not in result, result["error"]
-    return result["ok"]
-
-
-def decode_data_url(src: str) -> np.ndarray:
-    assert src.startswith("data:image/png;base64,")
-    return np.asarray(Image.open(io.BytesIO(base64.b64decode(src.split(",", 1)[1]))).convert("L"))
 
 
 def wait_file(folder: Path, pattern: str, timeout: float = 10.0) -> Path:
@@ -342,9 +282,7 @@ def test_page_generates_shows_both_chains_and_server_errors(
     # Every image on the page says what it shows, and no script failed along the way (the
     # browser logs the 401 and 422 answers as failed loads: those were meant).
     assert js(browser, "[...document.querySelectorAll('img')].filter((i) => !i.alt).length") == 0
-    problems = [e["message"] for e in browser.get_log("browser")
-                if e["level"] == "SEVERE" and "Failed to load resource" not in e["message"]]
-    assert problems == []
+    assert severe_console(browser) == []
     assert time.monotonic() - started < 60
 
     shot = base64.b64decode(browser.execute_cdp_cmd("Page.captureScreenshot",
@@ -400,15 +338,6 @@ def test_api_docs_render_with_no_internet(browser: Any, docs_server: str, page: 
     # policy inside the browser: no request left for another host.
     outside = [u for u in loaded_from(browser) if not u.startswith(docs_server + "/")]
     assert sorted(outside) == sorted(js(browser, "window.refused")), outside
-
-
-def ready_page(driver: Any, url: str) -> None:
-    """The page loaded and past the key prompt (the key stays in the tab's session storage)."""
-    driver.get(url + "/")
-    wait(driver, "['auth', 'ready'].includes(document.body.dataset.state)")
-    if js(driver, "document.body.dataset.state") == "auth":
-        driver.find_element(By.ID, "api-key").send_keys(KEY, Keys.ENTER)
-    wait(driver, "document.body.dataset.state === 'ready'")
 
 
 def test_class_options_name_each_class_once(browser: Any, server: str) -> None:

@@ -41,10 +41,26 @@ export async function errorFrom(response) {
  */
 export function requestJson(fields) {
   const { seed, ...rest } = fields;
-  const json = JSON.stringify(rest);
+  return withSeed(JSON.stringify(rest), seed);
+}
+
+function withSeed(json, seed) {
   if (seed === undefined || seed === null || seed === '') return json;
   const value = /^\d+$/.test(String(seed)) ? String(seed).replace(/^0+(?=\d)/, '') : JSON.stringify(String(seed));
   return `${json.slice(0, -1)}${json === '{}' ? '' : ','}"seed":${value}}`;
+}
+
+const BIG = '#bigint#'; // a marker no field's text holds (base64 has no '#')
+
+/**
+ * requestJson for bodies with nested seeds (an interpolation's ends): a BigInt anywhere in
+ * `fields` is written as its exact digits, which JSON.stringify would refuse.
+ */
+export function bigJson(fields) {
+  const { seed, ...rest } = fields;
+  const json = JSON.stringify(rest, (_, v) => (typeof v === 'bigint' ? `${BIG}${v}` : v))
+    .replaceAll(new RegExp(`"${BIG}(\\d+)"`, 'g'), '$1');
+  return withSeed(json, seed);
 }
 
 export class Api {
@@ -58,15 +74,8 @@ export class Api {
     return this.key ? { ...extra, Authorization: `Bearer ${this.key}` } : extra;
   }
 
-  async getJson(path) {
-    let response;
-    try {
-      response = await fetch(this.base + path, { headers: this.headers({ Accept: 'application/json' }) });
-    } catch (e) {
-      throw new ApiError(0, [`could not reach the server (${e.message})`]);
-    }
-    if (!response.ok) throw await errorFrom(response);
-    return response.json();
+  getJson(path) {
+    return this.json(path);
   }
 
   /** GET /v1/model: sizes, classes, samplers, defaults, limits, whether keys are required. */
@@ -85,24 +94,55 @@ export class Api {
    * X-Seed header, exact, unlike the JSON numbers of the events), `events` yields
    * {event, data}. Rejects with ApiError for 4xx/5xx answers.
    */
-  async generate(fields, { signal } = {}) {
+  generate(fields, { signal } = {}) {
+    return this.stream('generate/stream', requestJson(fields), { signal });
+  }
+
+  /** A streaming POST (/generate/stream, /v1/edits/stream, ...) with a JSON body already written. */
+  async stream(path, json, { signal } = {}) {
+    const response = await this.send(path, { method: 'POST', body: json, signal, accept: 'text/event-stream' });
+    return {
+      seed: response.headers.get('X-Seed'),
+      seeds: response.headers.get('X-Seeds')?.split(',') ?? null,
+      requestId: response.headers.get('X-Request-ID'),
+      events: readEvents(response.body),
+    };
+  }
+
+  /** GET of server-sent events (a job's /events): fetch, not EventSource, so that the key is sent. */
+  async events(path, { signal } = {}) {
+    const response = await this.send(path, { signal, accept: 'text/event-stream' });
+    return readEvents(response.body);
+  }
+
+  /** A JSON request; `json` is the body, already written (requestJson). */
+  async json(path, { method = 'GET', json, signal } = {}) {
+    const response = await this.send(path, { method, body: json, signal });
+    return response.json();
+  }
+
+  /** A PNG of the API (a job's image) as a data: URL, as the streams give them. */
+  async pngDataUrl(path) {
+    const blob = await (await this.send(path, { accept: 'image/png' })).blob();
+    return new Promise((resolve, reject) => {
+      const reader = new FileReader();
+      reader.onload = () => resolve(reader.result.replace(/^data:[^;,]*/, 'data:image/png'));
+      reader.onerror = () => reject(reader.error);
+      reader.readAsDataURL(blob);
+    });
+  }
+
+  /** fetch with the key, the network's failures and the API's error bodies turned into ApiError. */
+  async send(path, { method = 'GET', body, signal, accept = 'application/json' } = {}) {
+    const headers = this.headers(body === undefined ? { Accept: accept } : { Accept: accept, 'Content-Type': 'application/json' });
     let response;
     try {
-      response = await fetch(`${this.base}generate/stream`, {
-        method: 'POST',
-        headers: this.headers({ 'Content-Type': 'application/json', Accept: 'text/event-stream' }),
-        body: requestJson(fields),
-        signal,
-      });
+      response = await fetch(this.base + path, { method, headers, body, signal });
     } catch (e) {
       if (e.name === 'AbortError') throw e;
       throw new ApiError(0, [`could not reach the server (${e.message})`]);
     }
     if (!response.ok) throw await errorFrom(response);
-    return {
-      seed: response.headers.get('X-Seed'),
-      requestId: response.headers.get('X-Request-ID'),
-      events: readEvents(response.body),
-    };
+    return response;
   }
 }

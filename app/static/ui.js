@@ -2,12 +2,16 @@
 // stream, the images, the denoising chain and the forward process.
 
 import { Api, ApiError } from './api.js';
+import { $, clearErrorsIn, el, plural, showErrorIn } from './dom.js';
+import { setupEditing } from './edit.js';
 import { alphaBar, gaussianNoise, qSample, stripTimes } from './forward.js';
 import { encodeGif, indexFrames } from './gif.js';
 import { canvasBlob, enlarge, loadImage, paint, pixelsOf, saveBlob, stripCanvas } from './images.js';
+import { setupInterpolation } from './interpolate.js';
+import { setupJobs } from './jobs.js';
 import { aliasesOf, classOption } from './labels.js';
+import { setupVariations } from './variations.js';
 
-const $ = (id) => document.getElementById(id);
 const api = new Api();
 const KEY_STORAGE = 'ddpm-api-key';
 const SAMPLER_NAMES = { ddpm: 'DDPM (ancestral)', ddim: 'DDIM', dpmpp_2m: 'DPM-Solver++ (2M)' };
@@ -21,17 +25,6 @@ const state = {
 };
 
 // ---------- the model card and the form ----------
-
-function el(tag, props = {}, ...children) {
-  const node = document.createElement(tag);
-  for (const [k, v] of Object.entries(props)) {
-    if (k === 'dataset') Object.assign(node.dataset, v);
-    else if (k in node) node[k] = v;
-    else node.setAttribute(k, v);
-  }
-  node.append(...children);
-  return node;
-}
 
 /** Scale for showing `size`-pixel images at about `target` CSS pixels, by whole pixels. */
 function scaleFor(target) {
@@ -71,6 +64,10 @@ async function loadModel() {
     showError(e, 'Could not load the noise schedule; the forward process cannot be shown');
   }
   $('generate').disabled = false;
+  setupJobs(api, card, formFields);
+  setupEditing(api, card);
+  setupInterpolation(api, card);
+  setupVariations(api, card, state.schedule);
   document.body.dataset.state = 'ready';
 }
 
@@ -127,30 +124,16 @@ function formFields() {
 
 // ---------- messages ----------
 
-function plural(count, noun) {
-  return `${count} ${noun}${count === 1 ? '' : 's'}`;
-}
-
 function say(text) {
   $('status').textContent = text;
 }
 
 function clearErrors() {
-  $('errors').replaceChildren();
-  delete $('errors').dataset.status;
+  clearErrorsIn($('errors'));
 }
 
 function showError(error, context = 'The request failed') {
-  if (error instanceof ApiError) {
-    const status = error.status ? ` (HTTP ${error.status})` : '';
-    const items = error.messages.map((m) => el('li', {}, m));
-    if (error.retryAfter !== null) items.push(el('li', {}, `Retry after ${error.retryAfter} s.`));
-    $('errors').replaceChildren(el('p', {}, `${context}${status}:`), el('ul', {}, ...items));
-    $('errors').dataset.status = String(error.status);
-  } else {
-    $('errors').replaceChildren(el('p', {}, `${context}: ${error.message}`));
-    $('errors').dataset.status = 'client';
-  }
+  showErrorIn($('errors'), error, context);
 }
 
 function setProgress(step, steps, imagesDone, n) {
