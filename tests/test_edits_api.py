@@ -237,3 +237,54 @@ def test_absurd_editing_limits_stop_the_start(name: str, value: int) -> None:
     with pytest.raises(ValidationError) as info:
         Settings(**{name: value})  # type: ignore[arg-type]
     assert any(line.startswith(f"DDPM_{name.upper()}") for line in settings_errors(info.value))
+
+
+def sse_blocks(text: str) -> list[tuple[str, dict]]:
+    """(event, data) of each server-sent event, keep-alive comments left out."""
+    out = []
+    for block in text.strip().split("\n\n"):
+        if block.startswith("event: "):
+            head, _, data = block.partition("\ndata: ")
+            out.append((head.removeprefix("event: "), json.loads(data)))
+    return out
+
+
+@pytest.mark.parametrize(("path", "body", "phase"), [
+    ("/v1/variations", {"t": 50, "n": 2, "seed": 9, "steps": 6, "label": 2}, "shared"),
+    ("/v1/interpolations", {"a": {"seed": 40}, "b": {"seed": 41}, "t": 30, "frames": 3, "seed": 5, "steps": 6,
+                            "label": 1}, "ends"),
+])
+def test_a_first_phase_streams_its_progress_and_the_answer_is_the_plain_one(
+        client: httpx.Client, path: str, body: dict, phase: str) -> None:
+    """Variations' shared chain and an interpolation's seeded ends run before the request's own
+    rows: the stream reports them (queued and progress marked with the phase), then the request's
+    own events, and its answer is the plain endpoint's, image for image."""
+    plain = client.post(path, json={**body, "response_format": "base64"})
+    assert plain.status_code == 200, plain.text
+    with client.stream("POST", path + "/stream", json=body) as s:
+        assert s.status_code == 200
+        events = sse_blocks("".join(s.iter_text()))
+    kinds = [(kind, data.get("phase")) for kind, data in events]
+    assert kinds[0] == ("queued", phase), kinds
+    first = [i for i, (kind, p) in enumerate(kinds) if kind == "progress" and p == phase]
+    own = [i for i, (kind, p) in enumerate(kinds) if kind == "progress" and p is None]
+    assert first and own and max(first) < min(own), kinds
+    assert ("queued", None) in kinds and kinds[-1] == ("done", None)
+    assert sum(1 for kind, _ in kinds if kind == "image") == len(plain.json()["images"])
+    np.testing.assert_array_equal(images_of(events[-1][1]), images_of(plain.json()))
+
+
+def test_a_first_phase_past_its_deadline_ends_the_stream_with_an_error(tiny_checkpoint: Path) -> None:
+    """A deadline that passes during the first phase is a 504 ``error`` event, and its rows go."""
+    body = {"t": 1, "n": 2, "steps": 100, "timeout_s": 1}  # the shared chain: ~100 calls of 50 ms
+    with live_app(tiny_checkpoint, model=slowed(tiny_checkpoint, 0.05), max_batch=8) as (url, app):
+        with_editing(app)
+        with httpx.Client(base_url=url, timeout=60) as c:
+            with c.stream("POST", "/v1/variations/stream", json=body) as s:
+                text = "".join(s.iter_text())
+                assert s.status_code == 200, text
+            events = sse_blocks(text)
+            assert events[0][0] == "queued" and events[0][1]["phase"] == "shared"
+            assert events[-1][0] == "error" and events[-1][1]["status"] == 504, events[-1]
+            assert not any(kind == "done" for kind, _ in events)
+            assert app.state.service.engine.idle

@@ -10,7 +10,9 @@ through a ``LatentSink``), and an interpolation between seeds first draws the tw
 (No ``from __future__ import annotations``: FastAPI must see the body models as real types.)
 """
 
+import contextlib
 import time
+from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -42,12 +44,14 @@ from ..edit_requests import (
     decode_edit_inputs,
     decode_end,
 )
-from ..errors import InvalidRequest, UploadTooLarge
+from ..errors import InvalidRequest, ServingError, UploadTooLarge
+from ..events import Done, Failed, ImageReady, Progress, Queued
 from ..generation import Resolved, Submission, resolve
 from ..http import sse
+from ..http_errors import stream_error
 from ..schemas import ERROR_RESPONSES, GenerateResponse, ImageOut, Timings
 from ..service import Service
-from .generate import b64png, outcome, stream_events
+from .generate import KEEPALIVE_S, b64png, outcome, progress_data, stream_events
 
 
 class RowsSubmission(Submission):
@@ -69,6 +73,17 @@ class Built:
     ready: list[np.ndarray] = field(default_factory=list)
 
 
+@dataclass
+class FirstPhase:
+    """Rows a request runs before its own, whose images ``then`` turns into the request's rows:
+    ``"ends"``, an interpolation's seeded end samples; ``"shared"``, variations' shared chain."""
+
+    name: str
+    resolved: Resolved
+    specs: list[RowSpec]
+    then: Callable[[list[np.ndarray]], Built]
+
+
 def submit_rows(service: Service, request: Request, resolved: Resolved, specs: list[RowSpec], *,
                 progress: bool) -> RowsSubmission:
     service.check_accepting()
@@ -86,21 +101,11 @@ def with_seeds(resolved: Resolved, seeds: list[int]) -> Resolved:
     return replace(resolved, seeds=tuple(seeds))
 
 
-async def build(service: Service, request: Request, body: Common) -> Built:
-    """model/'s refusals become the HTTP layer's domain errors here (statuses in app.http_errors).
-    A first phase spends part of the request's deadline; the rows get what is left of it."""
-    start = time.monotonic()
+@contextlib.contextmanager
+def refusals() -> Iterator[None]:
+    """model/'s refusals become the HTTP layer's domain errors (statuses in app.http_errors)."""
     try:
-        if isinstance(body, EditBody):
-            built = await build_edit(service, body)
-        elif isinstance(body, InterpolationBody):
-            built = await build_interpolation(service, request, body)
-        else:
-            assert isinstance(body, VariationBody)
-            built = await build_variations(service, request, body)
-        left = built.resolved.timeout_s - (time.monotonic() - start)
-        built.resolved = replace(built.resolved, timeout_s=max(left, 0.001))
-        return built
+        yield
     except ImageInputError as exc:
         raise UploadTooLarge(str(exc)) if exc.too_large else InvalidRequest(exc.field, _reason(exc)) from exc
     except EditError as exc:
@@ -109,6 +114,40 @@ async def build(service: Service, request: Request, body: Common) -> Built:
 
 def _reason(exc: Exception) -> str:
     return str(exc).partition(": ")[2]
+
+
+async def prepare(service: Service, body: Common) -> Built | FirstPhase:
+    """Everything that can refuse the request, before anything runs."""
+    with refusals():
+        if isinstance(body, EditBody):
+            return await build_edit(service, body)
+        if isinstance(body, InterpolationBody):
+            return await prepare_interpolation(service, body)
+        assert isinstance(body, VariationBody)
+        return prepare_variations(service, body)
+
+
+def trimmed(built: Built, start: float) -> Built:
+    """The rows get what is left of the request's deadline (decoding and a first phase spent some)."""
+    left = built.resolved.timeout_s - (time.monotonic() - start)
+    built.resolved = replace(built.resolved, timeout_s=max(left, 0.001))
+    return built
+
+
+def finish(phase: FirstPhase, images: list[np.ndarray], start: float) -> Built:
+    """The request's own rows once its first phase is done."""
+    with refusals():
+        return trimmed(phase.then(images), start)
+
+
+async def build(service: Service, request: Request, body: Common) -> Built:
+    """The request's rows, its first phase (if any) run to the end without progress events."""
+    start = time.monotonic()
+    prepared = await prepare(service, body)
+    if isinstance(prepared, Built):
+        return trimmed(prepared, start)
+    first = submit_rows(service, request, prepared.resolved, prepared.specs, progress=False)
+    return finish(prepared, await outcome(first, request), start)
 
 
 async def build_edit(service: Service, body: EditBody) -> Built:
@@ -120,7 +159,7 @@ async def build_edit(service: Service, body: EditBody) -> Built:
                                guidance=r.guidance, steps=r.steps, sampler=r.sampler, eta=r.eta))
 
 
-async def build_interpolation(service: Service, request: Request, body: InterpolationBody) -> Built:
+async def prepare_interpolation(service: Service, body: InterpolationBody) -> Built | FirstPhase:
     check_bounds(service, body, body.frames, "frames")
     model = service.model
     t = model.config.diffusion.num_timesteps // 2 if body.t is None else body.t
@@ -128,21 +167,25 @@ async def build_interpolation(service: Service, request: Request, body: Interpol
     ends = {name: await run_in_threadpool(decode_end, service, end, name, body.resize)
             for name, end in (("a", body.a), ("b", body.b)) if end.image is not None}
     seeded = [(name, end.seed) for name, end in (("a", body.a), ("b", body.b)) if end.seed is not None]
-    if seeded:  # the ends are those seeds' /generate images, drawn first with the request's label
-        plan = model.plan(base.sampler, base.steps, base.eta)
-        specs = [RowSpec(plan=plan, seed=s, label=base.label, guidance=base.guidance) for _, s in seeded]
-        first = submit_rows(service, request, with_seeds(base, [s for _, s in seeded]), specs, progress=False)
-        for (name, _), image in zip(seeded, await outcome(first, request), strict=True):
-            ends[name] = to_model_range(image)
     r = with_seeds(base, [base.seeds[0]] * body.frames)
-    if t == 0:
-        return Built(r, ready=list(blend_frames(ends["a"], ends["b"], body.frames)))
-    return Built(r, interpolation_specs(model, ends["a"], ends["b"], t=t, frames=body.frames, seed=base.seeds[0],
-                                        label=r.label, guidance=r.guidance, steps=r.steps, sampler=r.sampler,
-                                        eta=r.eta))
+
+    def frames(drawn: list[np.ndarray]) -> Built:
+        both = {**ends, **{name: to_model_range(im) for (name, _), im in zip(seeded, drawn, strict=True)}}
+        if t == 0:
+            return Built(r, ready=list(blend_frames(both["a"], both["b"], body.frames)))
+        return Built(r, interpolation_specs(model, both["a"], both["b"], t=t, frames=body.frames,
+                                            seed=base.seeds[0], label=r.label, guidance=r.guidance, steps=r.steps,
+                                            sampler=r.sampler, eta=r.eta))
+
+    if not seeded:
+        return frames([])
+    # The seeded ends are those seeds' /generate images, drawn first with the request's label.
+    plan = model.plan(base.sampler, base.steps, base.eta)
+    specs = [RowSpec(plan=plan, seed=s, label=base.label, guidance=base.guidance) for _, s in seeded]
+    return FirstPhase("ends", with_seeds(base, [s for _, s in seeded]), specs, frames)
 
 
-async def build_variations(service: Service, request: Request, body: VariationBody) -> Built:
+def prepare_variations(service: Service, body: VariationBody) -> Built | FirstPhase:
     check_bounds(service, body, body.n)
     model = service.model
     t = model.config.diffusion.num_timesteps // 2 if body.t is None else body.t
@@ -150,16 +193,19 @@ async def build_variations(service: Service, request: Request, body: VariationBo
     seed = base.seeds[0]
     r = with_seeds(base, [seed + 1 + i for i in range(body.n)])
     prefix_plan, cont = variation_plans(model, t=t, steps=r.steps, sampler=r.sampler, eta=r.eta)
-    prefix = None if prefix_plan is None else variation_prefix_spec(prefix_plan, seed=seed, label=r.label,
-                                                                    guidance=r.guidance)
-    if prefix is not None:
-        first = submit_rows(service, request, with_seeds(base, [seed]), [prefix], progress=False)
-        shared = await outcome(first, request)
+    if prefix_plan is None:  # t = T: nothing is shared but x_T itself
+        assert cont is not None
+        return Built(r, variation_specs(cont, shared_start(model, None, seed), list(r.seeds), label=r.label,
+                                        guidance=r.guidance))
+    prefix = variation_prefix_spec(prefix_plan, seed=seed, label=r.label, guidance=r.guidance)
+
+    def continuations(shared: list[np.ndarray]) -> Built:
         if cont is None:  # t = 0: the whole chain is shared; every variation is that one sample
             return Built(with_seeds(base, [seed] * body.n), ready=shared * body.n)
-    assert cont is not None
-    return Built(r, variation_specs(cont, shared_start(model, prefix, seed), list(r.seeds), label=r.label,
-                                    guidance=r.guidance))
+        return Built(r, variation_specs(cont, shared_start(model, prefix, seed), list(r.seeds), label=r.label,
+                                        guidance=r.guidance))
+
+    return FirstPhase("shared", with_seeds(base, [seed]), [prefix], continuations)
 
 
 def picture(images: list[np.ndarray]) -> bytes:
@@ -193,15 +239,68 @@ async def respond(service: Service, request: Request, body: Common) -> Response:
 
 
 async def respond_stream(service: Service, request: Request, body: Common) -> StreamingResponse:
-    """The same events as /generate/stream, for the last phase (a first phase runs before the stream)."""
-    built = await build(service, request, body)
+    """The same events as /generate/stream. A first phase streams too, its ``queued`` and
+    ``progress`` events marked ``"phase": "ends"`` or ``"shared"``; the request's own rows follow
+    with their own ``queued``, unmarked, as /generate/stream's."""
+    start = time.monotonic()
+    prepared = await prepare(service, body)  # every refusal is a status, before the stream starts
+    headers = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
+    if isinstance(prepared, FirstPhase):
+        first = submit_rows(service, request, prepared.resolved, prepared.specs, progress=True)
+        return StreamingResponse(phased_events(service, request, prepared, first, start),
+                                 media_type="text/event-stream", headers=headers)
+    built = trimmed(prepared, start)
     if not built.specs:  # nothing to run (an interpolation at t = 0): the answer is the whole stream
         done = await run_in_threadpool(json_body, service, request, built.resolved, built.ready, None)
         return StreamingResponse(iter([sse("done", done)]), media_type="text/event-stream")
     submission = submit_rows(service, request, built.resolved, built.specs, progress=True)
-    headers = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no", **submission.seed_headers()}
     return StreamingResponse(stream_events(service, submission, request), media_type="text/event-stream",
-                             headers=headers)
+                             headers={**headers, **submission.seed_headers()})
+
+
+async def phased_events(service: Service, request: Request, phase: FirstPhase, first: Submission,
+                        start: float) -> AsyncIterator[bytes]:
+    """A first phase's progress, then the request's own stream; a failure in either ends it with
+    an ``error`` event."""
+    images: list[np.ndarray] | None = None
+    try:
+        async for event in first.events(KEEPALIVE_S):
+            match event:
+                case None:
+                    yield b": keep-alive\n\n"
+                case Queued(position=position):
+                    yield sse("queued", {"request_id": first.generation.id, "position": position,
+                                         "phase": phase.name})
+                case Progress():
+                    yield sse("progress", {**await progress_data(event), "phase": phase.name})
+                case ImageReady():
+                    pass  # the phase's images are the request's input, not its answer
+                case Done(images=images):
+                    break
+                case Failed(error=error):
+                    yield failure(request, error)
+                    return
+    finally:
+        if images is None:
+            first.cancel()  # the client left during the first phase: free its rows
+    assert images is not None  # the events never end but by Done or Failed
+    try:
+        built = finish(phase, images, start)
+        if not built.specs:
+            yield sse("done", await run_in_threadpool(json_body, service, request, built.resolved, built.ready, None))
+            return
+        submission = submit_rows(service, request, built.resolved, built.specs, progress=True)
+    except ServingError as error:  # e.g. the queue filled up while the first phase ran
+        yield failure(request, error)
+        return
+    async for chunk in stream_events(service, submission, request):
+        yield chunk
+
+
+def failure(request: Request, error: ServingError) -> bytes:
+    data = stream_error(error)
+    request.state.outcome = data["status"]  # counted as the client saw it, not as the 200
+    return sse("error", data)
 
 
 RESPONSES: dict[int | str, dict[str, Any]] = {

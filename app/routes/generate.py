@@ -133,12 +133,8 @@ async def stream_events(service: Service, submission: Submission, request: Reque
             match event:
                 case Queued(position=position):
                     yield sse("queued", {"request_id": submission.generation.id, "position": position})
-                case Progress(previews=previews):
-                    data: dict[str, Any] = {"step": event.step, "steps": event.steps,
-                                            "images_done": event.images_done, "n": event.n}
-                    if previews:
-                        data["previews"] = await run_in_threadpool(encode_previews, previews)
-                    yield sse("progress", data)
+                case Progress():
+                    yield sse("progress", await progress_data(event))
                 case ImageReady(index=index, seed=seed, image=image):
                     png = await run_in_threadpool(b64png, image)
                     yield sse("image", {"index": index, "seed": seed, "png_base64": png})
@@ -154,6 +150,14 @@ async def stream_events(service: Service, submission: Submission, request: Reque
                     return
     finally:
         submission.cancel()  # the client left mid-stream: free the rows
+
+
+async def progress_data(event: Progress) -> dict[str, Any]:
+    """A ``progress`` event's data; previews are encoded off the event loop."""
+    data: dict[str, Any] = {"step": event.step, "steps": event.steps, "images_done": event.images_done, "n": event.n}
+    if event.previews:
+        data["previews"] = await run_in_threadpool(encode_previews, event.previews)
+    return data
 
 
 def encode_previews(previews: dict[int, np.ndarray]) -> list[dict[str, Any]]:
