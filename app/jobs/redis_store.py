@@ -193,15 +193,6 @@ class RedisStore:
                 self.publish(JobEvent(job_id, "status", {"status": "canceled"}))
         return self.get(job_id)
 
-    def delete(self, job_id: str, owner: str | None = None) -> Job:
-        job = self.cancel(job_id, owner)  # the stream entry goes with it; a running replica drops the rows
-        idem = self._r.hget(_job_key(job_id), "idem")
-        pipe = self._r.pipeline(transaction=True)
-        pipe.delete(_job_key(job_id), _images_key(job_id), *([idem] if idem else []))
-        pipe.zrem(_owner_key(job.owner), job_id)
-        pipe.execute()
-        return job
-
     def image(self, job_id: str, index: int, owner: str | None = None) -> bytes:
         job = self.get(job_id, owner)
         if job.status != "succeeded":

@@ -211,13 +211,6 @@ class SQLiteStore:
             self.publish(JobEvent(job_id, "status", {"status": "canceled"}))
         return job
 
-    def delete(self, job_id: str, owner: str | None = None) -> Job:
-        job = self.cancel(job_id, owner)
-        with self._tx() as db:
-            db.execute("DELETE FROM images WHERE job_id = ?", (job_id,))
-            db.execute("DELETE FROM jobs WHERE id = ?", (job_id,))
-        return job
-
     def image(self, job_id: str, index: int, owner: str | None = None) -> bytes:
         job = self.get(job_id, owner)
         if job.status != "succeeded":

@@ -79,11 +79,6 @@ class JobStore(Protocol):
         """Cancel a queued or running job; a job already ended is returned as it is (idempotent)."""
         ...
 
-    def delete(self, job_id: str, owner: str | None = None) -> Job:
-        """Cancel the job if it has not ended, then remove it and its images (and free its
-        Idempotency-Key): JobNotFound from then on. Returns the job as it was."""
-        ...
-
     def image(self, job_id: str, index: int, owner: str | None = None) -> bytes:
         """PNG bytes of image ``index``: JobNotReady before success, JobNotFound past n."""
         ...

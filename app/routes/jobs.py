@@ -124,21 +124,13 @@ def make_router(service: Service, jobs: JobService, body_model: type[GenerateReq
             service.metrics.jobs_finished.labels(status="canceled").inc()
             notify(jobs.webhooks, job, "job.canceled")
 
-    @router.post("/v1/jobs/{job_id}/cancel", summary="Cancel a job (idempotent)", responses=JOB_RESPONSES)
+    @router.delete("/v1/jobs/{job_id}", summary="Cancel a job (idempotent)", responses=JOB_RESPONSES)
     async def cancel_job(request: Request, job_id: str = Path(max_length=64)) -> dict[str, Any]:
         """A queued job never runs; a running job's rows leave the batch at the next step (on whichever
-        replica runs it). The job stays readable as `canceled`; one that already ended is answered as it is."""
+        replica runs it). The job stays readable as `canceled` until it expires (`DDPM_JOB_TTL_S`); a job
+        that already ended (a second DELETE too) is answered as it is, 200."""
         before = await run_in_threadpool(store.get, job_id, owner(request))
         job = await run_in_threadpool(store.cancel, job_id, owner(request))
-        canceled(before, job)
-        return job_json(job)
-
-    @router.delete("/v1/jobs/{job_id}", summary="Cancel a job and delete it", responses=JOB_RESPONSES)
-    async def delete_job(request: Request, job_id: str = Path(max_length=64)) -> dict[str, Any]:
-        """Cancels the job as `POST .../cancel` does, then deletes it, its images and its Idempotency-Key:
-        it answers 404 from then on. Answers the job as it was deleted."""
-        before = await run_in_threadpool(store.get, job_id, owner(request))
-        job = await run_in_threadpool(store.delete, job_id, owner(request))
         canceled(before, job)
         return job_json(job)
 
