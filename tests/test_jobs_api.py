@@ -103,10 +103,17 @@ def test_events_stream(stores: Stores, tiny_checkpoint: Path) -> None:
         job = c.post("/v1/jobs", json={"n": 2, "steps": 40}).json()
         events = sse_events(c, f"/v1/jobs/{job['id']}/events")
         kinds = [name for name, _ in events]
-        assert kinds[-1] == "done" and "progress" in kinds and set(kinds) <= {"queued", "progress", "done"}
+        assert kinds[-1] == "done" and "progress" in kinds
+        assert set(kinds) <= {"queued", "progress", "image", "done"}  # /generate/stream's types
         steps = [data["step"] for name, data in events if name == "progress"]
         assert steps == sorted(steps)
         assert events[-1][1]["status"] == "succeeded" and len(events[-1][1]["images"]) == 2
+        images = sorted((data for name, data in events if name == "image"), key=lambda d: d["index"])
+        assert [(d["index"], d["seed"]) for d in images] == [(0, job["seeds"][0]), (1, job["seeds"][1])]
+        assert kinds.index("image") < kinds.index("done")
+        for d in images:  # as /generate/stream's image event, plus where the PNG stays
+            assert d["url"] == f"/v1/jobs/{job['id']}/images/{d['index']}"
+            assert base64.b64decode(d["png_base64"]) == c.get(d["url"]).content
         again = sse_events(c, f"/v1/jobs/{job['id']}/events")  # an ended job: done at once
         assert [name for name, _ in again] == ["done"]
         canceled = c.post("/v1/jobs", json={"n": 1, "steps": 100}).json()
