@@ -53,9 +53,11 @@ class SQLiteOutbox:
         if limit <= 0 or self._absent():
             return []
         now = self._clock()
+        due = "due_at <= ? AND (lease_until IS NULL OR lease_until <= ?)"
+        if not self._all(f"SELECT 1 FROM outbox WHERE {due} LIMIT 1", now, now):
+            return []  # polled often: no write transaction while nothing is due
         with self._tx() as db:
-            rows = db.execute("SELECT id, record, attempts FROM outbox WHERE due_at <= ? AND "
-                              "(lease_until IS NULL OR lease_until <= ?) ORDER BY due_at LIMIT ?",
+            rows = db.execute(f"SELECT id, record, attempts FROM outbox WHERE {due} ORDER BY due_at LIMIT ?",
                               (now, now, limit)).fetchall()
             db.executemany("UPDATE outbox SET attempts = attempts + 1, lease_until = ? WHERE id = ?",
                            [(now + lease_s, row["id"]) for row in rows])
