@@ -216,22 +216,35 @@ def finished_by_key(c: httpx.Client, url: str, keys: list[str]) -> dict[str, dic
 LOAD_JOBS = 500
 
 
+def running_on(r: redis.Redis, pid: int) -> set[str]:
+    """The jobs the replica with process id ``pid`` runs now: claimed by its consumer (the stream
+    entry is pending there) and marked running by it (an entry it has read but not yet claimed is
+    not: it runs once, elsewhere)."""
+    jobs: set[str] = set()
+    for consumer in r.xinfo_consumers(STREAM, GROUP):
+        name = consumer["name"].decode()
+        if name.split("-")[-2] != str(pid) or not consumer["pending"]:
+            continue
+        for entry in r.xpending_range(STREAM, GROUP, min="-", max="+", count=10_000, consumername=name):
+            found = r.xrange(STREAM, entry["message_id"], entry["message_id"])
+            job_id = found[0][1][b"id"].decode() if found else ""
+            status, holder = r.hmget(f"ddpm:job:{job_id}", ["status", "consumer"])
+            if status == b"running" and holder == name.encode():
+                jobs.add(job_id)
+    return jobs
+
+
 def kill_while_holding(redis_url: str, proc: subprocess.Popen[bytes]) -> set[str]:
-    """Kill -9 the replica ``proc`` as soon as it holds a job (a claimed stream entry); returns the
-    jobs it held then, read after its death (nothing it does can change them any more)."""
+    """Kill -9 the replica ``proc`` as soon as it runs a job; returns the jobs it ran then, read
+    after its death (nothing it does can change them any more)."""
     r = redis.Redis.from_url(redis_url)
     deadline = time.monotonic() + 60
-    while True:
-        assert time.monotonic() < deadline, "the replica never held a job"
-        mine = [c["name"] for c in r.xinfo_consumers(STREAM, GROUP)
-                if c["name"].decode().split("-")[-2] == str(proc.pid) and c["pending"]]
-        if mine:
-            break
+    while not running_on(r, proc.pid):
+        assert time.monotonic() < deadline, "the replica never ran a job"
         time.sleep(0.002)
     proc.send_signal(signal.SIGKILL)
     proc.wait(10)
-    entries = r.xpending_range(STREAM, GROUP, min="-", max="+", count=10_000, consumername=mine[0])
-    held = {r.xrange(STREAM, e["message_id"], e["message_id"])[0][1][b"id"].decode() for e in entries}
+    held = running_on(r, proc.pid)
     r.close()
     return held
 
@@ -247,7 +260,8 @@ def test_bounded_load_across_two_replicas_with_a_kill_and_restart(tiny_checkpoin
         redis_url = stack.enter_context(redis_server(tmp_path / "redis"))
         events = EventCounter(redis_url)
         stack.callback(events.close)
-        env = {"max_batch": "8", "job_lease_s": "1", "job_poll_s": "0.05", "redis_url": redis_url,
+        # a lease of 3 s: long enough that a busy (not dead) replica keeps its jobs on a loaded box
+        env = {"max_batch": "8", "job_lease_s": "3", "job_poll_s": "0.05", "redis_url": redis_url,
                "api_keys": ",".join(keys), "runtime": "torch"}
         first, proc = stack.enter_context(serve_process(tiny_checkpoint, tmp_path / "a.log", **env))
         second, _ = stack.enter_context(serve_process(tiny_checkpoint, tmp_path / "b.log", **env))
@@ -287,9 +301,12 @@ def test_bounded_load_across_two_replicas_with_a_kill_and_restart(tiny_checkpoin
         for job_id, job in ended.items():
             seen = events.counts[job_id]
             assert seen["succeeded"] == 1 and seen["failed"] == seen["canceled"] == 0, (job_id, seen)
-            assert job["attempts"] in (1, 2) and seen["running"] == job["attempts"], (job, seen)
-        # the jobs the killed replica held ran again elsewhere, and only they
-        assert held and {i for i, j in ended.items() if j["attempts"] == 2} == held
+            # each claim is recorded (attempts); its event may die with a replica killed right after it
+            assert job["attempts"] in (1, 2) and 1 <= seen["running"] <= job["attempts"], (job, seen)
+        # the jobs the killed replica was running ran again elsewhere (a job of a replica too busy
+        # to renew its lease in time may run twice too: it ends once all the same)
+        reruns = {i for i, j in ended.items() if j["attempts"] == 2}
+        assert held and held <= reruns, (held, reruns)
         r = redis.Redis.from_url(redis_url)
         assert r.xlen("ddpm:jobs") == 0 and r.xpending("ddpm:jobs", "ddpm-engines")["pending"] == 0
         assert r.zcard("ddpm:outbox") == 0
