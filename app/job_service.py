@@ -24,7 +24,7 @@ from model.images import encode_png
 
 from .engine import Generation
 from .errors import QueueFull, ServingError, Unavailable
-from .events import Done, Event, Failed, Progress
+from .events import Done, Event, Failed, ImageReady, Progress
 from .http_errors import status_of
 from .jobs import Claim, JobStore, StoreOptions, open_store
 from .jobs.pump import JobPump, JobSink, PumpOptions
@@ -55,6 +55,8 @@ class EngineRows:
             match event:
                 case Progress(step=step, steps=steps, images_done=done):
                     sink.progress(step, steps, done)
+                case ImageReady(index=index, image=image):
+                    sink.image(index, image)
                 case Done(images=images):
                     sink.done(images)
                 case Failed(error=error):
@@ -116,8 +118,8 @@ class JobService:
             self.webhooks = WebhookSender(
                 WebhookOptions(secret=settings.webhook_secret, max_attempts=settings.webhook_max_attempts,
                                backoff_s=settings.webhook_backoff_s, timeout_s=settings.webhook_timeout_s,
-                               allow_private=settings.webhook_allow_private),
-                on_attempt=lambda outcome: metrics.webhook_deliveries.labels(outcome=outcome).inc(),
+                               allow_private=settings.webhook_allow_private, poll_s=settings.job_poll_s),
+                self.store, on_attempt=lambda outcome: metrics.webhook_deliveries.labels(outcome=outcome).inc(),
                 resolver=resolver)
         self.pump = JobPump(self.store, EngineRows(service, settings.job_timeout_s),
                             PumpOptions(consumer=consumer_name(), poll_s=settings.job_poll_s),

@@ -25,7 +25,10 @@ def schemathesis(url: str, tmp_path: Path, *extra: str) -> subprocess.CompletedP
     assert st, "schemathesis is a test dependency"
     return subprocess.run(
         [st, "--config-file", str(SCHEMATHESIS_CONFIG),
-         "run", f"{url}/openapi.json", "--checks", "all", "--max-time", "30", "--workers", "2",
+         # use_after_free (ST301) expects a DELETE to remove its resource; DELETE /v1/jobs/{id}, the
+         # only DELETE, cancels and the job stays readable as canceled (issue 13; tests/test_jobs_api.py)
+         "run", f"{url}/openapi.json", "--checks", "all", "--exclude-checks", "use_after_free",
+         "--max-time", "30", "--workers", "2",
          "--request-timeout", "30", "--warnings", ",".join(w for w in WARNINGS if w not in SILENCED), *extra],
         capture_output=True, text=True, timeout=300, cwd=tmp_path)
 

@@ -73,9 +73,10 @@ def test_position_cancel_and_rows_freed(stores: Stores, tiny_checkpoint: Path) -
         assert waiting["status"] == "queued" and waiting["position"] == 0
         third = c.post("/v1/jobs", json={"n": 1, "steps": 5}).json()
         assert third["position"] == 1  # one image queued ahead of it
-        canceled = c.post(f"/v1/jobs/{first['id']}/cancel")
+        canceled = c.delete(f"/v1/jobs/{first['id']}")
         assert canceled.status_code == 200 and canceled.json()["status"] == "canceled"
-        assert c.post(f"/v1/jobs/{first['id']}/cancel").json()["status"] == "canceled"  # idempotent
+        again = c.delete(f"/v1/jobs/{first['id']}")  # idempotent: the same canceled job
+        assert again.status_code == 200 and again.json() == canceled.json()
         wait_status(c, third["id"], ("succeeded",))  # the canceled job's rows were freed
         assert c.get(f"/v1/jobs/{first['id']}/images/0").status_code == 409
         assert c.get(f"/v1/jobs/{first['id']}").json()["status"] == "canceled"
@@ -102,31 +103,43 @@ def test_events_stream(stores: Stores, tiny_checkpoint: Path) -> None:
         job = c.post("/v1/jobs", json={"n": 2, "steps": 40}).json()
         events = sse_events(c, f"/v1/jobs/{job['id']}/events")
         kinds = [name for name, _ in events]
-        assert kinds[-1] == "done" and "progress" in kinds and set(kinds) <= {"queued", "progress", "done"}
+        assert kinds[-1] == "done" and "progress" in kinds
+        assert set(kinds) <= {"queued", "progress", "image", "done"}  # /generate/stream's types
         steps = [data["step"] for name, data in events if name == "progress"]
         assert steps == sorted(steps)
         assert events[-1][1]["status"] == "succeeded" and len(events[-1][1]["images"]) == 2
+        images = sorted((data for name, data in events if name == "image"), key=lambda d: d["index"])
+        assert [(d["index"], d["seed"]) for d in images] == [(0, job["seeds"][0]), (1, job["seeds"][1])]
+        assert kinds.index("image") < kinds.index("done")
+        for d in images:  # as /generate/stream's image event, plus where the PNG stays
+            assert d["url"] == f"/v1/jobs/{job['id']}/images/{d['index']}"
+            assert base64.b64decode(d["png_base64"]) == c.get(d["url"]).content
         again = sse_events(c, f"/v1/jobs/{job['id']}/events")  # an ended job: done at once
         assert [name for name, _ in again] == ["done"]
         canceled = c.post("/v1/jobs", json={"n": 1, "steps": 100}).json()
-        c.post(f"/v1/jobs/{canceled['id']}/cancel")
+        c.delete(f"/v1/jobs/{canceled['id']}")
         (name, data), = sse_events(c, f"/v1/jobs/{canceled['id']}/events")
         assert name == "error" and data["detail"] == "the job was canceled"
 
 
-def test_delete_removes_a_job(stores: Stores, tiny_checkpoint: Path) -> None:
+def test_delete_cancels_and_the_job_stays_readable(stores: Stores, tiny_checkpoint: Path) -> None:
     with server(stores, tiny_checkpoint, 0.02, max_batch=1) as url, httpx.Client(base_url=url, timeout=30) as c:
-        running = c.post("/v1/jobs", json={"n": 1, "steps": 100}).json()
+        running = c.post("/v1/jobs", json={"n": 1, "steps": 100}, headers={"Idempotency-Key": "k1"}).json()
         done = c.post("/v1/jobs", json={"n": 1, "steps": 2}).json()
         wait_status(c, running["id"], ("running",))
         r = c.delete(f"/v1/jobs/{running['id']}")
-        assert r.status_code == 200 and r.json()["status"] == "canceled"
-        wait_status(c, done["id"], ("succeeded",))  # the deleted job's row was freed
-        assert c.delete(f"/v1/jobs/{done['id']}").json()["status"] == "succeeded"
-        for job in (running, done):
-            for method, path in (("GET", ""), ("GET", "/images/0"), ("DELETE", ""), ("POST", "/cancel")):
-                assert c.request(method, f"/v1/jobs/{job['id']}{path}").status_code == 404, (method, path)
-        assert c.get("/v1/jobs").json()["jobs"] == []
+        assert r.status_code == 200 and r.json()["status"] == "canceled" and r.json()["finished_at"]
+        wait_status(c, done["id"], ("succeeded",))  # the canceled job's row was freed
+        ended = c.delete(f"/v1/jobs/{done['id']}")  # an ended job is answered as it is
+        assert ended.status_code == 200 and ended.json()["status"] == "succeeded"
+        assert c.get(f"/v1/jobs/{done['id']}/images/0").status_code == 200
+        got = c.get(f"/v1/jobs/{running['id']}").json()
+        assert got["status"] == "canceled" and got["expires_at"] > time.time()
+        assert c.delete(f"/v1/jobs/{running['id']}").json() == got  # a second DELETE: the same job, 200
+        assert c.get("/v1/jobs", params={"status": "canceled"}).json()["jobs"][0]["id"] == running["id"]
+        replay = c.post("/v1/jobs", json={"n": 1, "steps": 100}, headers={"Idempotency-Key": "k1"})
+        assert replay.json()["id"] == running["id"] and replay.json()["status"] == "canceled"
+        assert c.post(f"/v1/jobs/{running['id']}/cancel").status_code in (404, 405)  # one way to cancel
         allow = c.request("OPTIONS", f"/v1/jobs/{done['id']}")
         assert allow.status_code == 405 and set(allow.headers["allow"].split(", ")) >= {"GET", "DELETE"}
 
@@ -146,7 +159,7 @@ def test_jobs_belong_to_their_key(stores: Stores, tiny_checkpoint: Path) -> None
     with server(stores, tiny_checkpoint, api_keys="key-a,key-b") as url, httpx.Client(base_url=url, timeout=30) as c:
         assert c.post("/v1/jobs", json={}).status_code == 401
         job = c.post("/v1/jobs", json={"steps": 3}, headers=KA).json()
-        for method, path in (("GET", ""), ("DELETE", ""), ("POST", "/cancel"), ("GET", "/images/0"),
+        for method, path in (("GET", ""), ("DELETE", ""), ("GET", "/images/0"),
                              ("GET", "/events")):
             r = c.request(method, f"/v1/jobs/{job['id']}{path}", headers=KB)
             assert r.status_code == 404, (method, path)

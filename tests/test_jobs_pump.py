@@ -12,7 +12,7 @@ from collections.abc import Callable
 import pytest
 from standardwebhooks import Webhook
 
-from app.jobs import Claim, JobSpec, JobStore, fingerprint, owner_of
+from app.jobs import Claim, JobNotReady, JobSpec, JobStore, fingerprint, owner_of
 from app.jobs.pump import JobPump, JobSink, PumpOptions
 from app.jobs.webhooks import WebhookOptions, WebhookSender
 
@@ -57,6 +57,10 @@ class FakeEngine:
                 if stop.wait(self.step_s):
                     return
                 sink.progress(step, steps, 0)
+            images = [str(seed).encode() for seed in job.spec.seeds]
+            for index, image in enumerate(images):
+                if not stop.is_set():
+                    sink.image(index, image)
             while self.hang and not stop.wait(0.05):
                 pass
             if not stop.is_set():
@@ -138,6 +142,26 @@ def test_cancel_on_another_replica_frees_the_rows(stores: Stores) -> None:
     assert store.get(job.id).status == "canceled"
 
 
+def test_images_are_stored_as_each_finishes(stores: Stores) -> None:
+    store = stores.open()
+    engine = FakeEngine(capacity=4, hang=True)  # every image done, the job not yet ended
+    job, _ = store.create(A, spec(n=2, seed=40))
+    pump = pump_for(store, engine)
+    try:
+        wait_for(lambda: store.pending_deliveries() == 0 and _stored(store, job.id, 2))
+        assert store.get(job.id).status == "running"
+        assert [store.image(job.id, i, A) for i in range(2)] == [b"PNG:40", b"PNG:41"]
+    finally:
+        pump.close()
+
+
+def _stored(store: JobStore, job_id: str, n: int) -> bool:
+    try:
+        return all(store.image(job_id, i) for i in range(n))
+    except JobNotReady:
+        return False
+
+
 def test_close_hands_unfinished_jobs_back(stores: Stores) -> None:
     store = stores.open()
     engine = FakeEngine(capacity=4, hang=True)
@@ -158,7 +182,8 @@ def test_close_hands_unfinished_jobs_back(stores: Stores) -> None:
 def test_webhooks_for_started_and_succeeded(stores: Stores) -> None:
     store = stores.open()
     outcomes: list[str] = []
-    sender = WebhookSender(WebhookOptions(secret=SECRET, allow_private=True), on_attempt=outcomes.append)
+    sender = WebhookSender(WebhookOptions(secret=SECRET, allow_private=True, poll_s=0.05), store,
+                           on_attempt=outcomes.append)
     with receiver() as r:
         job, _ = store.create(A, spec(webhook=r.url, events=("job.started", "job.succeeded")))
         quiet, _ = store.create(A, spec(seed=5))  # no webhook: nothing sent

@@ -205,29 +205,6 @@ def test_release_requeues_without_counting_an_attempt(stores: Stores) -> None:
     assert store.counts() == {"queued": 0, "running": 2}
 
 
-def test_delete_cancels_and_removes(store: JobStore) -> None:
-    running, _ = store.create(A, spec(seed=1), idempotency_key="k")
-    done, _ = store.create(A, spec(seed=2))
-    claim = store.claim("r1", 1)[0]
-    store.complete(store.claim("r1", 1)[0], [b"png"])
-    with pytest.raises(JobNotFound):
-        store.delete(done.id, B)
-    assert store.delete(running.id, A).status == "canceled"
-    assert not store.progress(claim, Progress(1, 10, 0))  # its replica drops it
-    assert store.complete(claim, [b"late"]) is None
-    assert store.delete(done.id, A).status == "succeeded"
-    for job_id in (running.id, done.id):
-        with pytest.raises(JobNotFound):
-            store.get(job_id, A)
-        with pytest.raises(JobNotFound):
-            store.delete(job_id, A)
-    with pytest.raises(JobNotFound):
-        store.image(done.id, 0, A)
-    assert store.list_jobs(A).jobs == [] and store.counts() == {"queued": 0, "running": 0}
-    again, created = store.create(A, spec(seed=1), idempotency_key="k")  # the key is free again
-    assert created and again.id != running.id
-
-
 def test_cancel_after_success_keeps_success(store: JobStore) -> None:
     job, _ = store.create(A, spec())
     store.complete(store.claim("r1", 1)[0], [b"png"])

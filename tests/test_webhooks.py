@@ -6,16 +6,20 @@ from __future__ import annotations
 
 import base64
 import json
+import tempfile
 import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from pathlib import Path
 from typing import Any
 
 import pytest
 from standardwebhooks import Webhook, WebhookVerificationError
 
 from app.jobs import InvalidField
+from app.jobs.outbox import message
+from app.jobs.sqlite_store import SQLiteStore
 from app.jobs.webhooks import DEFAULT_EVENTS, WebhookOptions, WebhookSender, validate
 
 from .webhook_receiver import SECRET, receiver
@@ -39,12 +43,25 @@ class Outcomes:
 
 
 @contextmanager
+def outbox_store() -> Iterator[SQLiteStore]:
+    """The outbox the deliveries wait in: the embedded job store, in a folder of its own."""
+    with tempfile.TemporaryDirectory() as tmp:
+        store = SQLiteStore(Path(tmp) / "jobs.sqlite3")
+        try:
+            yield store
+        finally:
+            store.close()
+
+
+@contextmanager
 def sender(outcomes: Outcomes, **options: Any) -> Iterator[WebhookSender]:
-    s = WebhookSender(WebhookOptions(**{"secret": SECRET, "allow_private": True, **options}), on_attempt=outcomes)
-    try:
-        yield s
-    finally:
-        s.close()
+    with outbox_store() as store:
+        s = WebhookSender(WebhookOptions(**{"secret": SECRET, "allow_private": True, "poll_s": 0.02, **options}),
+                          store, on_attempt=outcomes)
+        try:
+            yield s
+        finally:
+            s.close()
 
 
 def test_delivered_and_signed_per_standard_webhooks() -> None:
@@ -84,6 +101,41 @@ def test_gives_up_after_max_attempts() -> None:
         assert outcomes.wait(3) == ["retry", "retry", "failed"]
         time.sleep(0.3)
     assert len(r.requests) == 3 and outcomes.seen == ["retry", "retry", "failed"]
+
+
+def test_a_delivery_outlives_its_sender() -> None:
+    """The receiver fails the first attempt; that sender then stops (its replica died). The delivery
+    waits in the store; another sender on the same store sends it, with the same webhook-id."""
+    first, second = Outcomes(), Outcomes()
+    with receiver(fail_first=1) as r, outbox_store() as store:
+        opts = WebhookOptions(secret=SECRET, allow_private=True, backoff_s=0.2, poll_s=0.02)
+        s1 = WebhookSender(opts, store, on_attempt=first)
+        msg_id = s1.send(r.url, "job.succeeded", {"id": "job1"})
+        assert first.wait(1) == ["retry"]
+        s1.close()
+        time.sleep(0.3)
+        assert store.pending_deliveries() == 1 and len(r.requests) == 1
+        s2 = WebhookSender(opts, store, on_attempt=second)
+        try:
+            assert second.wait(1) == ["delivered"]
+        finally:
+            s2.close()
+        assert store.pending_deliveries() == 0
+    assert [h["webhook-id"] for _, h, _, _ in r.requests] == [msg_id, msg_id]
+    assert Webhook(SECRET).verify(r.requests[1][2], r.requests[1][1])["data"] == {"id": "job1"}
+
+
+def test_a_taken_delivery_returns_after_its_lease() -> None:
+    """A sender that took a delivery and died mid-attempt records nothing: once the lease has
+    passed, another takes it; before that nobody does."""
+    with outbox_store() as store:
+        store.enqueue_delivery(message("http://hooks.example/x", "job.failed", {}, msg_id="m1"))
+        (taken,) = store.due_deliveries(4, lease_s=0.3)
+        assert taken.id == "m1" and taken.attempt == 1
+        assert store.due_deliveries(4, lease_s=0.3) == []
+        time.sleep(0.35)
+        (again,) = store.due_deliveries(4, lease_s=0.3)
+        assert again.id == "m1" and again.attempt == 2 and again.body == taken.body
 
 
 def test_an_unreachable_receiver_is_retried() -> None:
@@ -175,12 +227,14 @@ def test_dns_rebinding_is_refused_at_delivery() -> None:
             return next(answers)
 
         validate(url, None, enabled=True, allow_private=False, resolver=resolver)
-        s = WebhookSender(WebhookOptions(secret=SECRET), on_attempt=outcomes, resolver=resolver)
-        try:
-            s.send(url, "job.succeeded", {})
-            assert outcomes.wait(1) == ["refused"]
-        finally:
-            s.close()
+        with outbox_store() as store:
+            s = WebhookSender(WebhookOptions(secret=SECRET), store, on_attempt=outcomes, resolver=resolver)
+            try:
+                s.send(url, "job.succeeded", {})
+                assert outcomes.wait(1) == ["refused"]
+            finally:
+                s.close()
+            assert store.pending_deliveries() == 0  # refused: not tried again
     assert r.requests == []
 
 
@@ -190,11 +244,12 @@ def test_the_connection_goes_to_the_checked_address() -> None:
     outcomes = Outcomes()
     with receiver() as r:
         port = r.url.split(":")[2].split("/")[0]
-        s = WebhookSender(WebhookOptions(secret=SECRET, allow_private=True), on_attempt=outcomes,
-                          resolver=lambda host, p: ["127.0.0.1"] if host == "hooks.test" else [])
-        try:
-            s.send(f"http://hooks.test:{port}/x", "job.started", {"id": "j"})
-            assert outcomes.wait(1) == ["delivered"]
-        finally:
-            s.close()
+        with outbox_store() as store:
+            s = WebhookSender(WebhookOptions(secret=SECRET, allow_private=True), store, on_attempt=outcomes,
+                              resolver=lambda host, p: ["127.0.0.1"] if host == "hooks.test" else [])
+            try:
+                s.send(f"http://hooks.test:{port}/x", "job.started", {"id": "j"})
+                assert outcomes.wait(1) == ["delivered"]
+            finally:
+                s.close()
     assert r.requests[0][1]["Host"] == f"hooks.test:{port}"

@@ -45,9 +45,10 @@ class Receiver:
 
 
 @contextmanager
-def receiver(fail_first: int = 0) -> Iterator[Receiver]:
+def receiver(fail_first: int = 0, port: int = 0) -> Iterator[Receiver]:
+    """On ``port`` (0: a free one)."""
     r = Receiver(fail_first)
-    server = ThreadingHTTPServer(("127.0.0.1", 0), r.handler())
+    server = ThreadingHTTPServer(("127.0.0.1", port), r.handler())
     r.url = f"http://127.0.0.1:{server.server_address[1]}/hooks/ddpm?x=1"
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()

@@ -8,7 +8,9 @@ engine reports back through a ``JobSink``, whose calls only enqueue.
 - claims: every ``poll_s`` (or at once after ``wake``) while ``Rows.free_rows() > 0``;
 - leases: renewed every lease/3, and with each progress report;
 - cancel: a job canceled on any replica (store event) or a lost lease leaves the batch at once;
-- end: images encoded here, stored (``complete``), then the webhook; failures likewise;
+- images: each encoded and stored as it finishes (``put_image``: SSE clients get an ``image`` event);
+- end: the rest encoded, stored (``complete``, which also puts the webhook event in the store's
+  outbox, sent by whichever replica's ``WebhookSender``); failures likewise;
 - shutdown: ``close`` hands unfinished jobs back to the queue (``release``) for another replica or
   the next start.
 """
@@ -20,12 +22,12 @@ import queue
 import threading
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from .records import Claim, Failure, Job, JobEvent, Progress
 from .store import JobStore
-from .webhooks import WebhookSender, notify
+from .webhooks import WebhookSender
 
 log = logging.getLogger("ddpm.jobs")
 
@@ -39,6 +41,10 @@ class JobSink:
 
     def progress(self, step: int, steps: int, images_done: int) -> None:
         self._pump._events.put(("progress", self._key, Progress(step, steps, images_done)))
+
+    def image(self, index: int, image: Any) -> None:
+        """Image ``index`` has finished (an array: the pump encodes it)."""
+        self._pump._events.put(("image", self._key, (index, image)))
 
     def done(self, images: Sequence[Any]) -> None:
         """Every image of the job, in order (arrays: the pump encodes them)."""
@@ -74,6 +80,7 @@ class _Held:
     cancel: Callable[[], None]
     unsubscribe: Callable[[], None]
     last_progress: float = 0.0
+    pngs: dict[int, bytes] = field(default_factory=dict)  # images already encoded and stored
 
 
 class JobPump:
@@ -168,8 +175,8 @@ class JobPump:
             unsubscribe = self.store.subscribe(job_id, on_event)
             cancel = self.rows.start(claim, JobSink(self, claim))
             self._held[job_id] = _Held(claim, cancel, unsubscribe)
-            if claim.job.attempts == 1:
-                notify(self._webhooks, claim.job, "job.started")
+            if claim.job.attempts == 1 and self._webhooks is not None:
+                self._webhooks.wake()  # job.started, if it asked for it, is in the outbox
 
     def _renew(self) -> None:
         for job_id, held in list(self._held.items()):
@@ -192,22 +199,28 @@ class JobPump:
                 held.last_progress = now
                 if not self.store.progress(held.claim, data):
                     self._drop(job_id)  # canceled, expired or re-delivered elsewhere
+        elif kind == "image":
+            index, image = data
+            held.pngs[index] = png = self._encode(image)
+            if not self.store.put_image(held.claim, index, png):
+                self._drop(job_id)
         elif kind == "done":
-            pngs = [self._encode(image) for image in data]
-            self._finish(job_id, self.store.complete(held.claim, pngs), "job.succeeded")
+            pngs = [held.pngs.get(i) or self._encode(image) for i, image in enumerate(data)]
+            self._finish(job_id, self.store.complete(held.claim, pngs))
         elif kind == "failed":
             failure, retry = data
             if retry:
                 self._drop(job_id, release=True)
             else:
-                self._finish(job_id, self.store.fail(held.claim, failure), "job.failed")
+                self._finish(job_id, self.store.fail(held.claim, failure))
 
-    def _finish(self, job_id: str, job: Job | None, event_type: str) -> None:
+    def _finish(self, job_id: str, job: Job | None) -> None:
         held = self._held.pop(job_id)
         held.unsubscribe()
         if job is not None:
             self._on_finish(job.status)
-            notify(self._webhooks, job, event_type)
+            if self._webhooks is not None:
+                self._webhooks.wake()  # its event, if it asked for one, is in the outbox
 
     def _drop(self, job_id: str, *, release: bool = False) -> None:
         """Stop running a job here: its rows leave the batch; ``release``: back to the queue."""

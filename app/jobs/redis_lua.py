@@ -67,10 +67,11 @@ if not redis.call('HGET', KEYS[1], 'started_at') then redis.call('HSET', KEYS[1]
 return 'claimed'
 """
 
-# KEYS: job, queued, stream, images
+# KEYS: job, queued, stream, images, outbox (zset), deliveries (hash)
 # ARGV: 1 allowed statuses (space-separated), 2 token ('' = any holder), 3 now, 4 new status ('' = keep:
 # then a held claim's lease is renewed), 5 group, 6 pexpireat of the job ('' = keep), 7 image count k,
-# 8 pexpireat of the images, 9 .. 8+k the PNGs, then field/value pairs to set.
+# 8 pexpireat of the images, 9 webhook delivery id ('' = none), 10 its due time (ms), 11 its record,
+# 12 .. 11+2k (index, PNG) pairs, then field/value pairs to set.
 # Returns {outcome, status before}: ok, missing, status, token, expired.
 TRANSITION = """
 local status = redis.call('HGET', KEYS[1], 'status')
@@ -79,9 +80,12 @@ if not string.find(' ' .. ARGV[1] .. ' ', ' ' .. status .. ' ', 1, true) then re
 if ARGV[2] ~= '' and redis.call('HGET', KEYS[1], 'token') ~= ARGV[2] then return {'token', status} end
 if tonumber(redis.call('HGET', KEYS[1], 'expires_at')) <= tonumber(ARGV[3]) then return {'expired', status} end
 local k = tonumber(ARGV[7])
-for i = 1, k do redis.call('HSET', KEYS[4], tostring(i - 1), ARGV[8 + i]) end
+for i = 1, k do redis.call('HSET', KEYS[4], ARGV[10 + 2 * i], ARGV[11 + 2 * i]) end
 if k > 0 then redis.call('PEXPIREAT', KEYS[4], ARGV[8]) end
-if #ARGV > 8 + k then redis.call('HSET', KEYS[1], unpack(ARGV, 9 + k)) end
+if #ARGV > 11 + 2 * k then redis.call('HSET', KEYS[1], unpack(ARGV, 12 + 2 * k)) end
+if ARGV[9] ~= '' and redis.call('HSETNX', KEYS[6], ARGV[9], ARGV[11]) == 1 then
+  redis.call('ZADD', KEYS[5], 'NX', ARGV[10], ARGV[9])
+end
 local msg = redis.call('HGET', KEYS[1], 'msg')
 if ARGV[4] ~= '' then
   redis.call('HSET', KEYS[1], 'status', ARGV[4])
@@ -96,6 +100,26 @@ elseif ARGV[2] ~= '' then
 end
 if ARGV[6] ~= '' then redis.call('PEXPIREAT', KEYS[1], ARGV[6]) end
 return {'ok', status}
+"""
+
+# KEYS: outbox (zset: delivery id -> due ms), deliveries (hash: id -> record, id:n -> attempts)
+# ARGV: now (ms), lease (ms), limit.  Due deliveries, each pushed a lease ahead (taken) and its
+# attempt counted; returns id, record, attempt for each.
+TAKE_DELIVERIES = """
+local ids = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', ARGV[1], 'LIMIT', 0, tonumber(ARGV[3]))
+local out = {}
+for _, id in ipairs(ids) do
+  local record = redis.call('HGET', KEYS[2], id)
+  if record then
+    redis.call('ZADD', KEYS[1], tonumber(ARGV[1]) + tonumber(ARGV[2]), id)
+    table.insert(out, id)
+    table.insert(out, record)
+    table.insert(out, redis.call('HINCRBY', KEYS[2], id .. ':n', 1))
+  else
+    redis.call('ZREM', KEYS[1], id)
+  end
+end
+return out
 """
 
 # KEYS: job, queued, stream.  ARGV: token, group.  A held job back to the queue, as a new stream

@@ -18,6 +18,7 @@ import threading
 import time
 import uuid
 from collections.abc import Callable, Sequence
+from dataclasses import replace
 from typing import Any
 
 import redis
@@ -25,6 +26,7 @@ import redis
 from . import redis_lua
 from .errors import IdempotencyConflict, JobExpired, JobNotFound, JobNotReady, QuotaExceeded
 from .hub import EventHub, Subscriber
+from .outbox import Delivery, delivery_for
 from .records import (
     Claim,
     Failure,
@@ -39,6 +41,7 @@ from .records import (
     spec_from_json,
     spec_to_json,
 )
+from .redis_outbox import DELIVERIES, OUTBOX, RedisOutbox
 from .store import StoreOptions
 
 log = logging.getLogger("ddpm.jobs")
@@ -82,7 +85,7 @@ def _job(h: dict[bytes, bytes], position: int | None = None) -> Job:
                attempts=int(f.get("attempts", 0)), position=position)
 
 
-class RedisStore:
+class RedisStore(RedisOutbox):
     def __init__(self, url: str, options: StoreOptions | None = None) -> None:
         self.options = options or StoreOptions()
         # Any: redis-py's return types are unions over every client mode; the replies here are bytes.
@@ -96,6 +99,7 @@ class RedisStore:
         self._claim = self._r.register_script(redis_lua.CLAIM)
         self._transition = self._r.register_script(redis_lua.TRANSITION)
         self._release = self._r.register_script(redis_lua.RELEASE)
+        self._take = self._r.register_script(redis_lua.TAKE_DELIVERIES)
         self._hub = EventHub()
         self._stop = threading.Event()
         self._pubsub = self._r.pubsub(ignore_subscribe_messages=False)
@@ -186,29 +190,23 @@ class RedisStore:
         job = self.get(job_id, owner)
         if not job.terminal:
             now = time.time()
+            ended = replace(job, status="canceled", finished_at=now, expires_at=now + self.options.ttl_s,
+                            position=None)
             outcome, _ = self._run_transition(job_id, allowed="queued running", new_status="canceled", now=now,
+                                              delivery=delivery_for(ended, "job.canceled"),
                                               fields={"finished_at": repr(now),
                                                       "expires_at": repr(now + self.options.ttl_s)})
             if outcome == "ok":
                 self.publish(JobEvent(job_id, "status", {"status": "canceled"}))
         return self.get(job_id)
 
-    def delete(self, job_id: str, owner: str | None = None) -> Job:
-        job = self.cancel(job_id, owner)  # the stream entry goes with it; a running replica drops the rows
-        idem = self._r.hget(_job_key(job_id), "idem")
-        pipe = self._r.pipeline(transaction=True)
-        pipe.delete(_job_key(job_id), _images_key(job_id), *([idem] if idem else []))
-        pipe.zrem(_owner_key(job.owner), job_id)
-        pipe.execute()
-        return job
-
     def image(self, job_id: str, index: int, owner: str | None = None) -> bytes:
         job = self.get(job_id, owner)
-        if job.status != "succeeded":
-            raise JobNotReady(f"job {job_id} is {job.status}: images come once it has succeeded")
+        if index >= job.n:
+            raise JobNotFound(f"job {job_id} has no image {index} (it has {job.n})")
         png = self._r.hget(_images_key(job_id), str(index))
         if png is None:
-            raise JobNotFound(f"job {job_id} has no image {index} (it has {job.n})")
+            raise JobNotReady(f"job {job_id} is {job.status}: image {index} has not finished")
         return bytes(png)
 
     # ---- the engine side ----
@@ -229,13 +227,26 @@ class RedisStore:
                 self._r.xack(STREAM, GROUP, msg)
                 self._r.xdel(STREAM, msg)
                 if outcome in ("expired", "poison"):
+                    self._enqueue_for(job_id, "job.failed")
                     self.publish(JobEvent(job_id, "status", {"status": "failed"}))
                 continue
             job = self.get(job_id)
+            if job.attempts == 1:
+                self._enqueue_for(job_id, "job.started")
             claims.append(Claim(job, token, msg))
             images += job.n
             self.publish(JobEvent(job_id, "status", {"status": "running", "attempt": job.attempts}))
         return claims
+
+    def _enqueue_for(self, job_id: str, event_type: str) -> None:
+        """Right after the claim that made ``event_type`` happen (not in the same script: a replica killed
+        in between loses this one event; the job's end is written with the end itself)."""
+        try:
+            delivery = delivery_for(self.get(job_id), event_type)
+        except (JobNotFound, JobExpired):
+            return
+        if delivery is not None:
+            self.enqueue_delivery(delivery)
 
     def _next_entry(self, consumer: str) -> tuple[str, dict[bytes, bytes]] | None:
         """A dead replica's entry idle past the lease first (XAUTOCLAIM), else a new one (XREADGROUP)."""
@@ -256,15 +267,17 @@ class RedisStore:
         return msg.decode(), fields
 
     def _run_transition(self, job_id: str, *, allowed: str, now: float, token: str = "", new_status: str = "",
-                        expire_at: float | None = None, pngs: Sequence[bytes] = (),
-                        fields: dict[str, str] | None = None) -> tuple[str, str]:
+                        expire_at: float | None = None, pngs: Sequence[tuple[int, bytes]] = (),
+                        delivery: Delivery | None = None, fields: dict[str, str] | None = None) -> tuple[str, str]:
         if new_status in ("succeeded", "failed", "canceled"):
             expire_at = now + 2 * self.options.ttl_s
         pairs = [x for kv in (fields or {}).items() for x in kv]
         args: list[Any] = [allowed, token, repr(now), new_status, GROUP,
                            int(expire_at * 1000) if expire_at else "", len(pngs),
-                           int((now + self.options.ttl_s) * 1000), *pngs, *pairs]
-        result = self._transition(keys=[_job_key(job_id), QUEUED, STREAM, _images_key(job_id)], args=args)
+                           int((now + self.options.ttl_s) * 1000), *self._delivery_args(delivery),
+                           *[x for index, png in pngs for x in (str(index), png)], *pairs]
+        keys = [_job_key(job_id), QUEUED, STREAM, _images_key(job_id), OUTBOX, DELIVERIES]
+        result = self._transition(keys=keys, args=args)
         return result[0].decode(), result[1].decode()
 
     def extend(self, claim: Claim) -> bool:
@@ -278,12 +291,23 @@ class RedisStore:
             self.publish(JobEvent(claim.job.id, "progress", {**data, "n": claim.job.n}))
         return held
 
+    def put_image(self, claim: Claim, index: int, png: bytes) -> bool:
+        held = self._run_transition(claim.job.id, allowed="running", token=claim.token, now=time.time(),
+                                    pngs=[(index, png)])[0] == "ok"
+        if held:
+            self.publish(JobEvent(claim.job.id, "image", {"index": index, "seed": claim.job.spec.seed + index}))
+        return held
+
     def complete(self, claim: Claim, pngs: Sequence[bytes]) -> Job | None:
         now = time.time()
         steps = int(claim.job.spec.params.get("steps") or 0)
+        progress = Progress(steps, steps, len(pngs))
         done = json.dumps({"step": steps, "steps": steps, "images_done": len(pngs)})
+        ended = replace(claim.job, status="succeeded", finished_at=now, expires_at=now + self.options.ttl_s,
+                        progress=progress)
         outcome, _ = self._run_transition(
-            claim.job.id, allowed="running", token=claim.token, now=now, new_status="succeeded", pngs=pngs,
+            claim.job.id, allowed="running", token=claim.token, now=now, new_status="succeeded",
+            pngs=list(enumerate(pngs)), delivery=delivery_for(ended, "job.succeeded"),
             fields={"finished_at": repr(now), "expires_at": repr(now + self.options.ttl_s), "progress": done})
         if outcome != "ok":
             return None
@@ -293,8 +317,11 @@ class RedisStore:
     def fail(self, claim: Claim, failure: Failure) -> Job | None:
         now = time.time()
         error = {"status": failure.status, "message": failure.message}
+        ended = replace(claim.job, status="failed", finished_at=now, expires_at=now + self.options.ttl_s,
+                        error=failure)
         outcome, _ = self._run_transition(
             claim.job.id, allowed="running", token=claim.token, now=now, new_status="failed",
+            delivery=delivery_for(ended, "job.failed"),
             fields={"finished_at": repr(now), "expires_at": repr(now + self.options.ttl_s),
                     "error": json.dumps(error)})
         if outcome != "ok":

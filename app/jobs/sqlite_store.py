@@ -33,6 +33,8 @@ from .records import (
     spec_from_json,
     spec_to_json,
 )
+from .sqlite_outbox import SCHEMA as OUTBOX_SCHEMA
+from .sqlite_outbox import SQLiteOutbox
 from .store import StoreOptions
 
 SCHEMA = """
@@ -77,7 +79,9 @@ def _job(row: sqlite3.Row, position: int | None = None) -> Job:
                error=Failure(**error) if error else None, attempts=row["attempts"], position=position)
 
 
-class SQLiteStore:
+class SQLiteStore(SQLiteOutbox):
+    _row_to_job = staticmethod(_job)
+
     def __init__(self, path: Path, options: StoreOptions | None = None, *, clock: Callable[[], float] = time.time
                  ) -> None:
         self.options = options or StoreOptions()
@@ -97,7 +101,7 @@ class SQLiteStore:
                 db.row_factory = sqlite3.Row
                 db.execute("PRAGMA journal_mode=WAL")
                 db.execute("PRAGMA synchronous=NORMAL")  # WAL + NORMAL: durable across a process kill
-                db.executescript(SCHEMA)
+                db.executescript(SCHEMA + OUTBOX_SCHEMA)
                 self._db = db
             return self._db
 
@@ -206,25 +210,20 @@ class SQLiteStore:
             changed = db.execute("UPDATE jobs SET status = 'canceled', finished_at = ?, expires_at = ?, token = NULL "
                                  "WHERE id = ? AND status IN ('queued', 'running')",
                                  (now := self._clock(), now + self.options.ttl_s, job_id)).rowcount
+            if changed:
+                self._outbox_add(db, job_id, "job.canceled")
         job = self.get(job_id)
         if changed:
             self.publish(JobEvent(job_id, "status", {"status": "canceled"}))
         return job
 
-    def delete(self, job_id: str, owner: str | None = None) -> Job:
-        job = self.cancel(job_id, owner)
-        with self._tx() as db:
-            db.execute("DELETE FROM images WHERE job_id = ?", (job_id,))
-            db.execute("DELETE FROM jobs WHERE id = ?", (job_id,))
-        return job
-
     def image(self, job_id: str, index: int, owner: str | None = None) -> bytes:
         job = self.get(job_id, owner)
-        if job.status != "succeeded":
-            raise JobNotReady(f"job {job_id} is {job.status}: images come once it has succeeded")
+        if index >= job.n:
+            raise JobNotFound(f"job {job_id} has no image {index} (it has {job.n})")
         row = self._one("SELECT png FROM images WHERE job_id = ? AND idx = ?", job_id, index)
         if row is None:
-            raise JobNotFound(f"job {job_id} has no image {index} (it has {job.n})")
+            raise JobNotReady(f"job {job_id} is {job.status}: image {index} has not finished")
         return bytes(row["png"])
 
     # ---- the engine side ----
@@ -246,11 +245,14 @@ class SQLiteStore:
                                "error = ? WHERE id = ?", (now, now + self.options.ttl_s, json.dumps(
                                    {"status": 500, "message": f"the process running this job died "
                                     f"{row['attempts']} times"}), row["id"]))
+                    self._outbox_add(db, row["id"], "job.failed")
                     continue
                 token = uuid.uuid4().hex
                 db.execute("UPDATE jobs SET status = 'running', token = ?, lease_until = ?, attempts = attempts + 1, "
                            "started_at = COALESCE(started_at, ?) WHERE id = ?",
                            (token, now + self.options.lease_s, now, row["id"]))
+                if row["attempts"] == 0:
+                    self._outbox_add(db, row["id"], "job.started")
                 taken.append((row["id"], token))
                 images += row["n"]
         claims = [Claim(self.get(job_id), token) for job_id, token in taken]
@@ -276,6 +278,16 @@ class SQLiteStore:
             self.publish(JobEvent(claim.job.id, "progress", {**data, "n": claim.job.n}))
         return held
 
+    def put_image(self, claim: Claim, index: int, png: bytes) -> bool:
+        with self._tx() as db:
+            held = self._held(db, claim, "lease_until = ?", (self._clock() + self.options.lease_s,))
+            if held:
+                db.execute("INSERT OR REPLACE INTO images (job_id, idx, png) VALUES (?, ?, ?)",
+                           (claim.job.id, index, png))
+        if held:
+            self.publish(JobEvent(claim.job.id, "image", {"index": index, "seed": claim.job.spec.seed + index}))
+        return held
+
     def complete(self, claim: Claim, pngs: Sequence[bytes]) -> Job | None:
         now = self._clock()
         steps = int(claim.job.spec.params.get("steps") or 0)
@@ -286,6 +298,7 @@ class SQLiteStore:
                 return None
             db.executemany("INSERT OR REPLACE INTO images (job_id, idx, png) VALUES (?, ?, ?)",
                            [(claim.job.id, i, png) for i, png in enumerate(pngs)])
+            self._outbox_add(db, claim.job.id, "job.succeeded")
         self.publish(JobEvent(claim.job.id, "status", {"status": "succeeded"}))
         return self.get(claim.job.id)
 
@@ -296,6 +309,7 @@ class SQLiteStore:
             if not self._held(db, claim, "status = 'failed', finished_at = ?, expires_at = ?, token = NULL, error = ?",
                               (now, now + self.options.ttl_s, error)):
                 return None
+            self._outbox_add(db, claim.job.id, "job.failed")
         self.publish(JobEvent(claim.job.id, "status", {"status": "failed", "error": json.loads(error)}))
         return self.get(claim.job.id)
 
@@ -313,6 +327,7 @@ class SQLiteStore:
         if self._absent():
             return 0
         with self._tx() as db:
+            self._outbox_recover(db)
             return int(db.execute("UPDATE jobs SET status = 'queued', token = NULL, lease_until = NULL "
                                   "WHERE status = 'running'").rowcount)
 

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from .hub import Subscriber
+from .outbox import Outbox
 from .records import Claim, Failure, Job, JobEvent, JobSpec, JobStatus, Page, Progress
 
 DEFAULT_TTL_S = 86400.0
@@ -32,7 +33,11 @@ class StoreOptions:
     max_attempts: int = 3  # a job whose replica died this often is failed, not handed to another
 
 
-class JobStore(Protocol):
+class JobStore(Outbox, Protocol):
+    """A job's webhook events enter the outbox (``outbox.py``) in the same atomic step as the state
+    change they report: ``claim`` (job.started, the first time; job.failed for a job that killed its
+    replicas), ``complete``, ``fail`` and ``cancel``."""
+
     options: StoreOptions
 
     def create(self, owner: str, spec: JobSpec, *, idempotency_key: str | None = None,
@@ -68,6 +73,11 @@ class JobStore(Protocol):
         """Record and publish progress (renews the lease); False as ``extend``."""
         ...
 
+    def put_image(self, claim: Claim, index: int, png: bytes) -> bool:
+        """Store one finished image while the job runs and publish an ``image`` event {index, seed}
+        (renews the lease); False as ``extend``."""
+        ...
+
     def complete(self, claim: Claim, pngs: Sequence[bytes]) -> Job | None:
         """Store image i's PNG for each i and mark the job succeeded; None if the claim was lost."""
         ...
@@ -79,13 +89,9 @@ class JobStore(Protocol):
         """Cancel a queued or running job; a job already ended is returned as it is (idempotent)."""
         ...
 
-    def delete(self, job_id: str, owner: str | None = None) -> Job:
-        """Cancel the job if it has not ended, then remove it and its images (and free its
-        Idempotency-Key): JobNotFound from then on. Returns the job as it was."""
-        ...
-
     def image(self, job_id: str, index: int, owner: str | None = None) -> bytes:
-        """PNG bytes of image ``index``: JobNotReady before success, JobNotFound past n."""
+        """PNG bytes of image ``index`` once it has finished (while the job still runs too):
+        JobNotReady before that, JobNotFound past n."""
         ...
 
     def subscribe(self, job_id: str, callback: Subscriber) -> Callable[[], None]:

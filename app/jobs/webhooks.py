@@ -3,10 +3,12 @@
 - Signatures: ``webhook-id``, ``webhook-timestamp``, ``webhook-signature`` (v1, HMAC-SHA256 under
   DDPM_WEBHOOK_SECRET, made by the ``standardwebhooks`` package). The id is the same on every
   attempt, so a receiver can drop duplicates.
-- Delivery never blocks the engine: ``send`` queues and returns; a scheduler thread hands due
-  attempts to a small pool. A failed attempt (network error, any non-2xx) is retried with
-  exponential backoff and jitter up to ``max_attempts``; each attempt's outcome goes to
-  ``on_attempt`` (delivered, retry, failed, refused) for the metrics.
+- Delivery never blocks the engine: events wait in the job store's outbox (``outbox.py``, written
+  with the state change they report), and a scheduler thread on every replica takes due ones
+  under a lease and hands them to a small pool, so a delivery outlives the replica that made it
+  (at-least-once, the same webhook-id each time). A failed attempt (network error, any non-2xx) is
+  retried with exponential backoff and jitter up to ``max_attempts``, whichever replica makes it;
+  each attempt's outcome goes to ``on_attempt`` (delivered, retry, failed, refused) for the metrics.
 - Server-side request forgery: a URL whose host resolves to a loopback, private, link-local,
   multicast, reserved, unspecified, shared (CGNAT) or cloud metadata address is refused, at
   creation (InvalidField naming ``webhook``) and again at each attempt, where the connection goes
@@ -16,19 +18,16 @@
 
 from __future__ import annotations
 
-import heapq
 import http.client
 import ipaddress
-import json
 import logging
 import random
 import socket
 import threading
 import time
-import uuid
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Any
 from urllib.parse import urlsplit
@@ -36,11 +35,10 @@ from urllib.parse import urlsplit
 from standardwebhooks import Webhook
 
 from .errors import InvalidField
-from .records import Job
+from .outbox import EVENTS, Delivery, Outbox, message
 
 log = logging.getLogger("ddpm.webhooks")
 
-EVENTS = ("job.started", "job.succeeded", "job.failed", "job.canceled")
 DEFAULT_EVENTS = ("job.succeeded", "job.failed", "job.canceled")  # job.started only on request
 MAX_URL_LENGTH = 2048
 # Cloud metadata services; most are link-local or private already, listed so the message says why.
@@ -125,71 +123,90 @@ class WebhookOptions:
     timeout_s: float = 10.0  # one attempt: connect, send, read the status
     allow_private: bool = False
     workers: int = 4
+    poll_s: float = 0.25  # how often the outbox is read for due deliveries (at once after ``send``)
 
-
-@dataclass(order=True)
-class _Delivery:
-    due: float
-    seq: int
-    url: str = field(compare=False)
-    msg_id: str = field(compare=False)
-    body: str = field(compare=False)
-    attempt: int = field(default=0, compare=False)
+    @property
+    def lease_s(self) -> float:
+        """How long a taken delivery is this replica's: longer than one attempt can take (connect,
+        send, read: each bounded by the timeout)."""
+        return 3 * self.timeout_s + 1
 
 
 class WebhookSender:
-    def __init__(self, options: WebhookOptions, *, on_attempt: Callable[[str], None] | None = None,
+    def __init__(self, options: WebhookOptions, outbox: Outbox, *, on_attempt: Callable[[str], None] | None = None,
                  resolver: Resolver = resolve, rng: random.Random | None = None) -> None:
         self.options = options
+        self.outbox = outbox
         self._signer = Webhook(options.secret)
         self._on_attempt = on_attempt or (lambda outcome: None)
         self._resolver = resolver
         self._rng = rng or random.Random()
-        self._heap: list[_Delivery] = []
-        self._seq = 0
+        self._in_flight = 0
         self._cond = threading.Condition()
+        self._wake = False
         self._stopping = False
         self._pool = ThreadPoolExecutor(options.workers, thread_name_prefix="ddpm-webhook")
         self._thread = threading.Thread(target=self._schedule, name="ddpm-webhooks", daemon=True)
         self._thread.start()
 
     def send(self, url: str, event_type: str, data: dict[str, Any], *, msg_id: str | None = None) -> str:
-        """Queue one event for ``url`` and return its webhook-id at once."""
-        msg_id = msg_id or f"msg_{uuid.uuid4().hex}"
-        body = json.dumps({"type": event_type, "timestamp": datetime.now(timezone.utc).isoformat(), "data": data})
+        """Put one event for ``url`` in the outbox and return its webhook-id at once."""
+        delivery = message(url, event_type, data, msg_id=msg_id)
+        self.outbox.enqueue_delivery(delivery)
+        self.wake()
+        return delivery.id
+
+    def wake(self) -> None:
+        """Read the outbox now (something was just put in it on this replica)."""
         with self._cond:
-            self._seq += 1
-            heapq.heappush(self._heap, _Delivery(time.monotonic(), self._seq, url, msg_id, body))
+            self._wake = True
             self._cond.notify()
-        return msg_id
 
     def close(self, timeout: float = 5.0) -> None:
-        """Stop; attempts in flight finish (bounded by their timeout), later retries are dropped."""
+        """Stop; attempts in flight finish (bounded by their timeout); what waits stays in the outbox
+        for another replica or the next start."""
         with self._cond:
             self._stopping = True
-            dropped = len(self._heap)
             self._cond.notify()
         self._thread.join(timeout)
         self._pool.shutdown(wait=True, cancel_futures=True)
-        if dropped:
-            log.warning("dropped %d webhook deliveries at shutdown", dropped)
 
     def _schedule(self) -> None:
         while True:
             with self._cond:
-                while not self._stopping and (not self._heap or self._heap[0].due > time.monotonic()):
-                    self._cond.wait(self._heap[0].due - time.monotonic() if self._heap else None)
+                if not self._wake and not self._stopping:
+                    self._cond.wait(self.options.poll_s)
+                self._wake = False
                 if self._stopping:
                     return
-                delivery = heapq.heappop(self._heap)
-            self._pool.submit(self._attempt, delivery)
+                free = self.options.workers - self._in_flight
+            try:
+                due = self.outbox.due_deliveries(free, self.options.lease_s)
+            except Exception:  # the store is down: its deliveries wait there
+                log.exception("webhooks: reading the outbox failed")
+                continue
+            for delivery in due:
+                with self._cond:
+                    self._in_flight += 1
+                self._pool.submit(self._run, delivery)
+            if due and len(due) == free:  # there may be more due: look again as soon as a worker frees
+                self.wake()
 
-    def _attempt(self, delivery: _Delivery) -> None:
-        delivery.attempt += 1
+    def _run(self, delivery: Delivery) -> None:
+        try:
+            self._attempt(delivery)
+        except Exception:  # the store failed recording the outcome: the lease brings the delivery back
+            log.exception("webhook %s: recording the attempt failed", delivery.id)
+        finally:
+            with self._cond:
+                self._in_flight -= 1
+
+    def _attempt(self, delivery: Delivery) -> None:
         try:
             address = check_address(delivery.url, allow_private=self.options.allow_private, resolver=self._resolver)
         except InvalidField as exc:  # it resolves elsewhere now (DNS rebinding) or not at all
-            log.warning("webhook %s refused: %s", delivery.msg_id, exc.detail)
+            log.warning("webhook %s refused: %s", delivery.id, exc.detail)
+            self.outbox.drop_delivery(delivery)
             self._on_attempt("refused")
             return
         try:
@@ -198,24 +215,23 @@ class WebhookSender:
         except (OSError, http.client.HTTPException) as exc:
             error = f"{type(exc).__name__}: {exc}"
         if error is None:
+            self.outbox.drop_delivery(delivery)
             self._on_attempt("delivered")
         elif delivery.attempt >= self.options.max_attempts:
-            log.warning("webhook %s failed after %d attempts: %s", delivery.msg_id, delivery.attempt, error)
+            log.warning("webhook %s failed after %d attempts: %s", delivery.id, delivery.attempt, error)
+            self.outbox.drop_delivery(delivery)
             self._on_attempt("failed")
         else:
+            self.outbox.retry_delivery(delivery, time.time() + self._backoff(delivery.attempt))
             self._on_attempt("retry")
-            self._retry(delivery)
 
-    def _retry(self, delivery: _Delivery) -> None:
+    def _backoff(self, attempt: int) -> float:
         # Exponential backoff with "equal jitter": half the delay fixed, half random, so retries of
         # many receivers that failed together spread out instead of arriving together again.
-        delay = min(self.options.max_backoff_s, self.options.backoff_s * 2 ** (delivery.attempt - 1))
-        delivery.due = time.monotonic() + delay / 2 + self._rng.uniform(0, delay / 2)
-        with self._cond:
-            heapq.heappush(self._heap, delivery)
-            self._cond.notify()
+        delay = min(self.options.max_backoff_s, self.options.backoff_s * 2 ** (attempt - 1))
+        return delay / 2 + self._rng.uniform(0, delay / 2)
 
-    def _post(self, delivery: _Delivery, address: str) -> int:
+    def _post(self, delivery: Delivery, address: str) -> int:
         scheme, host, port = _target(delivery.url)
         parts = urlsplit(delivery.url)
         path = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
@@ -223,9 +239,9 @@ class WebhookSender:
         headers = {
             "content-type": "application/json",
             "user-agent": "ddpm-serve-webhooks",
-            "webhook-id": delivery.msg_id,
+            "webhook-id": delivery.id,
             "webhook-timestamp": str(int(timestamp.timestamp())),
-            "webhook-signature": self._signer.sign(delivery.msg_id, timestamp, delivery.body),
+            "webhook-signature": self._signer.sign(delivery.id, timestamp, delivery.body),
         }
         cls = http.client.HTTPSConnection if scheme == "https" else http.client.HTTPConnection
         conn = cls(host, port, timeout=self.options.timeout_s)
@@ -237,20 +253,3 @@ class WebhookSender:
             return conn.getresponse().status
         finally:
             conn.close()
-
-
-def job_payload(job: Job) -> dict[str, Any]:
-    """The ``data`` of a job event: what GET /v1/jobs/{id} says, less the URLs (the receiver has the id)."""
-    return {
-        "id": job.id, "status": job.status, "n": job.n, "seeds": job.spec.seeds, "attempts": job.attempts,
-        "created_at": job.created_at, "started_at": job.started_at, "finished_at": job.finished_at,
-        "error": {"status": job.error.status, "message": job.error.message} if job.error else None,
-    }
-
-
-def notify(sender: WebhookSender | None, job: Job, event_type: str) -> str | None:
-    """Send ``event_type`` for ``job`` if it asked for it; the webhook-id is fixed per job and event,
-    so a receiver drops the duplicate a re-delivered job can cause."""
-    if sender is None or job.spec.webhook is None or event_type not in job.spec.webhook_events:
-        return None
-    return sender.send(job.spec.webhook, event_type, job_payload(job), msg_id=f"msg_{job.id}_{event_type}")

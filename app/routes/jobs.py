@@ -11,6 +11,7 @@ time from the model's bounds, as a real type.)
 """
 
 import asyncio
+import base64
 import contextlib
 from collections.abc import AsyncIterator, Callable
 from typing import Any, Literal
@@ -25,10 +26,10 @@ from ..generation import resolve
 from ..http import request_owner, sse
 from ..http_errors import status_of
 from ..job_service import JobService
-from ..jobs import InvalidField, Job, JobEvent, JobSpec, JobStatus, fingerprint
+from ..jobs import InvalidField, Job, JobError, JobEvent, JobSpec, JobStatus, fingerprint
 from ..jobs.records import TERMINAL
 from ..jobs.store import JobStore
-from ..jobs.webhooks import EVENTS, MAX_URL_LENGTH, notify
+from ..jobs.webhooks import EVENTS, MAX_URL_LENGTH
 from ..schemas import ERROR_RESPONSES, GenerateRequest
 from ..service import Service
 
@@ -122,23 +123,16 @@ def make_router(service: Service, jobs: JobService, body_model: type[GenerateReq
     def canceled(before: Job, job: Job) -> None:
         if not before.terminal and job.status == "canceled":
             service.metrics.jobs_finished.labels(status="canceled").inc()
-            notify(jobs.webhooks, job, "job.canceled")
+            if jobs.webhooks is not None:
+                jobs.webhooks.wake()  # job.canceled, if it asked for it, is in the outbox
 
-    @router.post("/v1/jobs/{job_id}/cancel", summary="Cancel a job (idempotent)", responses=JOB_RESPONSES)
+    @router.delete("/v1/jobs/{job_id}", summary="Cancel a job (idempotent)", responses=JOB_RESPONSES)
     async def cancel_job(request: Request, job_id: str = Path(max_length=64)) -> dict[str, Any]:
         """A queued job never runs; a running job's rows leave the batch at the next step (on whichever
-        replica runs it). The job stays readable as `canceled`; one that already ended is answered as it is."""
+        replica runs it). The job stays readable as `canceled` until it expires (`DDPM_JOB_TTL_S`); a job
+        that already ended (a second DELETE too) is answered as it is, 200."""
         before = await run_in_threadpool(store.get, job_id, owner(request))
         job = await run_in_threadpool(store.cancel, job_id, owner(request))
-        canceled(before, job)
-        return job_json(job)
-
-    @router.delete("/v1/jobs/{job_id}", summary="Cancel a job and delete it", responses=JOB_RESPONSES)
-    async def delete_job(request: Request, job_id: str = Path(max_length=64)) -> dict[str, Any]:
-        """Cancels the job as `POST .../cancel` does, then deletes it, its images and its Idempotency-Key:
-        it answers 404 from then on. Answers the job as it was deleted."""
-        before = await run_in_threadpool(store.get, job_id, owner(request))
-        job = await run_in_threadpool(store.delete, job_id, owner(request))
         canceled(before, job)
         return job_json(job)
 
@@ -176,8 +170,8 @@ def add_reads(router: APIRouter, store: JobStore, owner: Callable[[Request], str
                 responses={200: {"content": {"text/event-stream": {}}}, **JOB_RESPONSES})
     async def job_events(request: Request, job_id: str = Path(max_length=64)) -> StreamingResponse:
         """The event types of `/generate/stream`: `queued` {job_id, position}, `progress` {step, steps,
-        images_done, n}, then `done` (the job, with its image URLs) or `error` {status, detail}; at once if
-        the job has already ended."""
+        images_done, n}, `image` {index, seed, url, png_base64} as each image finishes, then `done` (the
+        job, with its image URLs) or `error` {status, detail}; at once if the job has already ended."""
         who = owner(request)
         await run_in_threadpool(store.get, job_id, who)  # 404 / 410 before the stream starts
         return StreamingResponse(job_event_stream(store, job_id, who), media_type="text/event-stream",
@@ -214,6 +208,8 @@ async def job_event_stream(store: JobStore, job_id: str, who: str) -> AsyncItera
             status = event.data.get("status")
             if event.kind == "progress":
                 yield sse("progress", event.data)
+            elif event.kind == "image":
+                yield await image_event(store, job_id, who, event.data)
             elif status in TERMINAL:
                 yield end_event(await run_in_threadpool(store.get, job_id, who))
                 return
@@ -221,6 +217,19 @@ async def job_event_stream(store: JobStore, job_id: str, who: str) -> AsyncItera
                 yield state_event(await run_in_threadpool(store.get, job_id, who))
     finally:
         unsubscribe()
+
+
+async def image_event(store: JobStore, job_id: str, who: str, data: dict[str, Any]) -> bytes:
+    """/generate/stream's ``image`` event ({index, seed, png_base64}) plus the image's URL; the PNG is
+    read from the store (the event that crossed replicas carries none)."""
+    index = int(data["index"])
+    body = {"index": index, "seed": data["seed"], "url": f"/v1/jobs/{job_id}/images/{index}"}
+    try:
+        png = await run_in_threadpool(store.image, job_id, index, who)
+        body["png_base64"] = base64.b64encode(png).decode()
+    except JobError:  # expired or canceled meanwhile: the URL says where it would be
+        pass
+    return sse("image", body)
 
 
 def progress_of(job: Job) -> dict[str, Any]:
