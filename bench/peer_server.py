@@ -81,7 +81,7 @@ class DynamicBatcher:
         self.pipeline, self.settings = pipeline, settings
         self.waiting: list[Waiting] = []
         self.arrival = asyncio.Event()
-        self.calls = 0
+        self.calls: list[tuple[int, int]] = []  # (images, steps) of every pipeline call, in order
         # One worker owns the network, as in `ddpm serve`; its torch threads are set on it.
         self.executor = ThreadPoolExecutor(1, initializer=torch.set_num_threads, initargs=(settings.threads,))
 
@@ -137,7 +137,7 @@ class DynamicBatcher:
                     if not w.future.done():
                         w.future.set_exception(exc)
                 continue
-            self.calls += 1
+            self.calls.append((len(images), group[0].request.steps))
             start = 0
             for w in group:
                 if not w.future.done():  # a client that went away cancelled its future
@@ -174,8 +174,8 @@ def create_peer_app(checkpoint: Path, settings: PeerSettings) -> FastAPI:
         return Response(status_code=200 if ready else 503)
 
     @app.get("/stats")
-    async def stats() -> dict[str, int]:
-        return {"pipeline_calls": batcher.calls}
+    async def stats() -> dict[str, object]:
+        return {"pipeline_calls": len(batcher.calls), "calls": batcher.calls}
 
     @app.post("/generate")
     async def generate(body: PeerRequest) -> Response:

@@ -85,7 +85,8 @@ def test_peer_server_over_http(tiny_checkpoint: Path, tmp_path: Path) -> None:
                             ({"steps": 0}, "steps"), ({"steps": 1001}, "steps"), ({"guidance": 2.0}, "guidance")]:
             bad = c.post("/generate", json=body)
             assert bad.status_code == 422 and field in bad.text, (body, bad.text)
-        assert c.get("/stats").json()["pipeline_calls"] >= 2
+        stats = c.get("/stats").json()
+        assert stats["pipeline_calls"] >= 2 and [1, 2] in stats["calls"] and [4, 2] in stats["calls"]
 
 
 def test_peer_server_refuses_absurd_settings(tiny_checkpoint: Path) -> None:
@@ -112,8 +113,11 @@ def test_bench_end_to_end(tiny_checkpoint: Path, tmp_path: Path) -> None:
         assert len(rnd["ours"]["uniform"]["latencies"]) == 2 and len(rnd["peer"]["mixed"]["latencies"]) == 6
         runner = rnd["ours"]["server"]["runner"]
         assert runner["requested"] == "auto" and runner["name"] in ("torch", "onnxruntime", "openvino")
-        peer = rnd["peer"]["server"]
-        assert peer["pipeline_calls"] >= 1 and 1 <= peer["images_per_call"] <= 2  # 2 clients: 2 at most
+        for load in ("uniform", "mixed"):
+            calls = rnd["peer"][load]["peer_calls"]
+            assert calls["pipeline_calls"] == len(calls["calls"]) >= 1
+            assert 1 <= calls["images_per_call"] <= 2  # 2 clients: 2 images at most
+            assert {steps for _, steps in calls["calls"]} == ({2} if load == "uniform" else {1, 2, 3})
     for load, classes in (("uniform", {"2"}), ("mixed", {"1", "2", "3"})):
         for name in ("ours", "peer"):
             row = data["summary"][load][name]
@@ -122,5 +126,6 @@ def test_bench_end_to_end(tiny_checkpoint: Path, tmp_path: Path) -> None:
             for c in row["classes"].values():
                 assert 0 < c["p50_s"] <= c["p99_s"] < 60 and c["count"] == 4  # 2 rounds x 2 per class
     ratios = data["ratios"]["ours"]
+    assert data["ratios_by_peer"] == {"peer": {"ours": ratios}}  # one peer: the headline is its ratios
     assert set(ratios) == set(data["aims"]) and all(math.isfinite(v) and v > 0 for v in ratios.values())
     assert data["aims_met"]["ours"] == {k: ratios[k] >= data["aims"][k] for k in ratios}
