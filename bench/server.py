@@ -47,16 +47,27 @@ def free_port() -> int:
 
 @contextmanager
 def server(checkpoint: Path, log: Path, **settings: object) -> Iterator[str]:
+    """``ddpm serve`` on a free loopback port with ``DDPM_<KEY>=value`` for each setting; yields its URL."""
+    env = {"DDPM_CHECKPOINT": str(checkpoint), **{f"DDPM_{k.upper()}": str(v) for k, v in settings.items()}}
+    with serve_process(["-m", "cli", "serve", "--host", "127.0.0.1", "--port", "{port}"], log, env) as url:
+        yield url
+
+
+@contextmanager
+def serve_process(argv: list[str], log: Path, env: dict[str, str] | None = None) -> Iterator[str]:
+    """``python *argv`` (``{port}`` replaced by a free port) as a subprocess, yielded once its
+    /readyz answers 200; terminated (killed if it will not stop) however the block ends."""
     port = free_port()
-    env = {**os.environ, "DDPM_CHECKPOINT": str(checkpoint),
-           **{f"DDPM_{k.upper()}": str(v) for k, v in settings.items()}}
+    argv = [a.replace("{port}", str(port)) for a in argv]
     with open(log, "ab") as out:
-        proc = subprocess.Popen([sys.executable, "-m", "cli", "serve", "--host", "127.0.0.1", "--port", str(port)],
-                                cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT)
+        proc = subprocess.Popen([sys.executable, *argv], cwd=ROOT, env={**os.environ, **(env or {})},
+                                stdout=out, stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}"
     try:
         deadline = time.monotonic() + 1200  # a compiled server builds its buckets first (~50 s each on 2 CPU cores)
         while time.monotonic() < deadline:
+            if proc.poll() is not None:
+                raise RuntimeError(f"server exited with {proc.returncode} before it was ready; see {log}")
             try:
                 if httpx.get(f"{url}/readyz", timeout=2).status_code == 200:
                     break
@@ -72,6 +83,7 @@ def server(checkpoint: Path, log: Path, **settings: object) -> Iterator[str]:
             proc.wait(60)
         except subprocess.TimeoutExpired:
             proc.kill()
+            proc.wait()
 
 
 async def closed_loop(url: str, clients: int, requests_each: int, body: dict) -> tuple[float, list[float]]:

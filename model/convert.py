@@ -1,4 +1,5 @@
-"""Import a diffusers-format DDPM folder (e.g. the paper's ``google/ddpm-cifar10-32``) as a checkpoint.
+"""Import a diffusers-format DDPM folder (e.g. the paper's ``google/ddpm-cifar10-32``) as a checkpoint,
+and export a checkpoint the other way (``export_diffusers``) for diffusers' pipelines.
 
 The folder holds ``unet/config.json``, ``unet/diffusion_pytorch_model.safetensors`` and
 ``scheduler/scheduler_config.json`` (the same files at the folder's top level are accepted too).
@@ -14,9 +15,9 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import torch
-from safetensors.torch import load_file
+from safetensors.torch import load_file, save_file
 
-from .checkpoint import CheckpointError, build_unet, save_checkpoint
+from .checkpoint import CheckpointError, build_unet, read_checkpoint, save_checkpoint
 from .config import DiffusionConfig, ModelConfig, SamplingConfig, UNetConfig
 from .validation import ConfigError, parse
 
@@ -260,3 +261,105 @@ def convert_diffusers(
         raise ConversionError(str(exc)) from exc
     save_checkpoint(out, tensors, config)
     return config
+
+
+# Ours -> diffusers: the inverse of _RENAMES. Each of our names has exactly one diffusers name
+# (the new attention names: to_q/to_k/to_v, to_out.0, group_norm); ".norm." occurs only in
+# attention blocks (ResBlocks have norm1/norm2), ".proj." only as the attention output.
+_EXPORT_RENAMES = [
+    (r"^time_embed\.0\.", "time_embedding.linear_1."),
+    (r"^time_embed\.2\.", "time_embedding.linear_2."),
+    (r"^class_embed\.", "class_embedding."),
+    (r"^norm_out\.", "conv_norm_out."),
+    (r"^mid_block1\.", "mid_block.resnets.0."),
+    (r"^mid_block2\.", "mid_block.resnets.1."),
+    (r"^mid_attn\.", "mid_block.attentions.0."),
+    (r"^down\.(\d+)\.blocks\.", r"down_blocks.\1.resnets."),
+    (r"^down\.(\d+)\.attns\.", r"down_blocks.\1.attentions."),
+    (r"^down\.(\d+)\.resample\.", r"down_blocks.\1.downsamplers.0."),
+    (r"^up\.(\d+)\.blocks\.", r"up_blocks.\1.resnets."),
+    (r"^up\.(\d+)\.attns\.", r"up_blocks.\1.attentions."),
+    (r"^up\.(\d+)\.resample\.", r"up_blocks.\1.upsamplers.0."),
+    (r"\.time_proj\.", ".time_emb_proj."),
+    (r"\.shortcut\.", ".conv_shortcut."),
+    (r"\.norm\.", ".group_norm."),
+    (r"\.proj\.", ".to_out.0."),
+]
+_SCHEDULES_OUT = {v: k for k, v in _SCHEDULES.items()}
+_PREDICTIONS_OUT = {v: k for k, v in _PREDICTIONS.items()}
+
+
+def unet_config_to_diffusers(cfg: UNetConfig) -> dict[str, Any]:
+    """``UNet2DModel`` keyword arguments for the same network.
+
+    Class conditioning maps exactly: ours adds ``class_embed(label)`` to the time embedding, as
+    diffusers does with ``num_class_embeds`` and ``class_embed_type=None``; our table has one
+    extra row, the null label (index ``num_classes``, trained by label dropout), which becomes
+    one more class, so diffusers' ``class_labels=num_classes`` is our unconditional row.
+    """
+    down = ["AttnDownBlock2D" if cfg.image_size // 2**i in cfg.attention_resolutions else "DownBlock2D"
+            for i in range(len(cfg.channel_mult))]
+    shift = cfg.time_freq_shift
+    return {
+        **_REQUIRED,
+        "sample_size": cfg.image_size,
+        "in_channels": cfg.in_channels,
+        "out_channels": cfg.out_channels,
+        "block_out_channels": [cfg.base_channels * m for m in cfg.channel_mult],
+        "layers_per_block": cfg.num_res_blocks,
+        "down_block_types": down,
+        "up_block_types": [k.replace("Down", "Up") for k in reversed(down)],
+        "attention_head_dim": cfg.attention_head_dim,
+        "dropout": cfg.dropout,
+        "norm_num_groups": cfg.norm_groups,
+        "norm_eps": cfg.norm_eps,
+        "num_class_embeds": cfg.num_classes + 1 if cfg.num_classes else None,
+        "downsample_padding": cfg.downsample_padding,
+        "flip_sin_to_cos": cfg.time_flip_sin_to_cos,
+        "freq_shift": int(shift) if float(shift).is_integer() else shift,
+    }
+
+
+def scheduler_config_to_diffusers(config: ModelConfig) -> dict[str, Any]:
+    """``DDPMScheduler`` keyword arguments for the same diffusion (``DDIMScheduler.from_config`` takes them too)."""
+    d = config.diffusion
+    return {
+        "num_train_timesteps": d.num_timesteps,
+        "beta_start": d.beta_start,
+        "beta_end": d.beta_end,
+        "beta_schedule": _SCHEDULES_OUT[d.schedule],
+        "prediction_type": _PREDICTIONS_OUT[d.prediction],
+        "variance_type": d.variance,
+        "clip_sample": d.clip_denoised,
+        "timestep_spacing": config.sampling.spacing,
+    }
+
+
+def state_dict_to_diffusers(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Our tensor names to diffusers' ``UNet2DModel`` names; the fused qkv splits into to_q, to_k, to_v."""
+    out: dict[str, torch.Tensor] = {}
+    for key, value in state.items():
+        for pattern, repl in _EXPORT_RENAMES:
+            key = re.sub(pattern, repl, key)
+        m = re.match(r"^(.*)\.qkv\.(weight|bias)$", key)
+        if m:
+            for name, part in zip(("to_q", "to_k", "to_v"), value.chunk(3), strict=True):
+                out[f"{m.group(1)}.{name}.{m.group(2)}"] = part.contiguous()
+        else:
+            out[key] = value.contiguous()
+    return out
+
+
+def export_diffusers(checkpoint: str | Path, out: str | Path) -> Path:
+    """Write ``out``/unet (config.json + safetensors) and ``out``/scheduler from our checkpoint."""
+    config, tensors = read_checkpoint(checkpoint)
+    out = Path(out)
+    (out / "unet").mkdir(parents=True, exist_ok=True)
+    (out / "scheduler").mkdir(parents=True, exist_ok=True)
+    unet_cfg = {"_class_name": "UNet2DModel", **unet_config_to_diffusers(config.unet)}
+    (out / "unet" / "config.json").write_text(json.dumps(unet_cfg, indent=2))
+    save_file({k: v.float() for k, v in state_dict_to_diffusers(tensors).items()},
+              str(out / "unet" / "diffusion_pytorch_model.safetensors"))
+    sched_cfg = {"_class_name": "DDPMScheduler", **scheduler_config_to_diffusers(config)}
+    (out / "scheduler" / "scheduler_config.json").write_text(json.dumps(sched_cfg, indent=2))
+    return out

@@ -10,8 +10,11 @@ from diffusers import DDIMPipeline, DDIMScheduler, DDPMScheduler, UNet2DModel
 from safetensors.torch import save_file
 
 from cli import main
-from model import RowSpec, build_plan, load_checkpoint
-from model.convert import PAPER_CIFAR10_LAYOUT, ConversionError, convert_diffusers
+from model import RowSpec, build_plan, load_checkpoint, save_checkpoint
+from model.convert import PAPER_CIFAR10_LAYOUT, ConversionError, convert_diffusers, export_diffusers
+from model.pipeline import EMBEDDED_CHECKPOINT
+
+from .conftest import randomized_unet, tiny_config
 
 # The paper's CIFAR-10 layout (google/ddpm-cifar10-32) at a quarter of the width.
 PAPER_LAYOUT = {**PAPER_CIFAR10_LAYOUT, "sample_size": 16, "block_out_channels": (32, 64, 64, 64),
@@ -153,3 +156,52 @@ def test_cli_convert_and_sample(diffusers_folder: tuple[Path, UNet2DModel], tmp_
     assert files == ["0000_seed5.png", "0001_seed6.png", "0002_seed7.png", "grid.png"]
     assert main(["sample", "--checkpoint", str(tmp_path / "nope.safetensors"), "--out", str(tmp_path)]) == 2
     assert "nope.safetensors: no such checkpoint file" in capsys.readouterr().err
+
+
+# Ours -> diffusers (model.convert.export_diffusers): the serving peer's network (bench/peer.py).
+
+@pytest.mark.parametrize("overrides", [
+    {},  # tests/conftest.py's tiny layout: class-conditional, one head, TensorFlow-style downsampling
+    {"num_classes": None, "attention_head_dim": 8, "downsample_padding": 1, "time_flip_sin_to_cos": True,
+     "time_freq_shift": 0.0, "channel_mult": (1, 2, 2), "num_res_blocks": 2, "attention_resolutions": (8, 2)},
+])
+def test_exported_network_matches_ours(overrides: dict, tmp_path: Path) -> None:
+    config = tiny_config(**overrides)
+    ours = randomized_unet(config.unet).eval()
+    with torch.no_grad():
+        ours.conv_out.weight.normal_(0.0, 1.0)  # outputs of order one, so a 1e-4 bound means something
+    save_checkpoint(tmp_path / "m.safetensors", ours, config)
+    folder = export_diffusers(tmp_path / "m.safetensors", tmp_path / "diffusers")
+    theirs = UNet2DModel.from_pretrained(folder / "unet", low_cpu_mem_usage=False).eval()
+    x = torch.randn(4, 1, 8, 8, generator=torch.Generator().manual_seed(2))
+    t = torch.tensor([0, 9, 50, 99])
+    labels = torch.tensor([0, 3, 9, 10]) if config.unet.num_classes else None  # 10: our null label
+    with torch.no_grad():
+        expected = ours(x, t, labels)
+        got = theirs(x, t, class_labels=labels).sample
+    assert expected.std() > 0.1
+    assert (got - expected).abs().max().item() <= 1e-4
+    # Back again: the import reads the export as the same network.
+    if config.unet.num_classes is None:
+        back = convert_diffusers(folder, tmp_path / "back.safetensors")
+        assert back.unet == config.unet
+        with torch.no_grad():
+            again = load_checkpoint(tmp_path / "back.safetensors", device="cpu", runtime="torch").unet(x, t)
+        assert (again - expected).abs().max().item() <= 1e-4
+
+
+def test_embedded_model_exports_exactly(tmp_path: Path) -> None:
+    """The digits model as diffusers' UNet2DModel: every class and the null label, many timesteps."""
+    folder = export_diffusers(EMBEDDED_CHECKPOINT, tmp_path)
+    unet_cfg = json.loads((folder / "unet" / "config.json").read_text())
+    assert unet_cfg["num_class_embeds"] == 11 and unet_cfg["class_embed_type"] is None
+    sched = DDIMScheduler.from_pretrained(folder / "scheduler")
+    assert (sched.config.timestep_spacing, sched.config.clip_sample) == ("trailing", False)
+    theirs = UNet2DModel.from_pretrained(folder / "unet", low_cpu_mem_usage=False).eval()
+    ours = load_checkpoint(EMBEDDED_CHECKPOINT, device="cpu", runtime="torch").unet
+    x = torch.randn(11, 1, 8, 8, generator=torch.Generator().manual_seed(3))
+    t = torch.linspace(0, 999, 11).long()
+    labels = torch.arange(11)
+    with torch.no_grad():
+        diff = (theirs(x, t, class_labels=labels).sample - ours(x, t, labels)).abs().max().item()
+    assert diff <= 1e-4
