@@ -123,7 +123,7 @@ def test_past_the_deadline_or_with_the_client_gone_the_job_ends(tiny_checkpoint:
         # canceled by the wait, or failed by the engine's own deadline (the same 1 s): not left running
         [job] = wait_ended(url, 1, "canceled", "failed")
         stored = httpx.get(f"{url}/v1/images/jobs/{job['id']}/images/0?output_format=webp")
-        assert stored.status_code == 409 and "once it has succeeded" in stored.json()["error"]["message"]
+        assert stored.status_code == 409 and "has not finished" in stored.json()["error"]["message"]
         with pytest.raises(openai.APITimeoutError):  # the client gives up after 0.3 s, well before 15 steps
             openai.OpenAI(base_url=f"{url}/v1", api_key="x", max_retries=0, timeout=0.3).images.generate(
                 prompt="7", response_format="url", extra_body={"steps": 15})
