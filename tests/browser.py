@@ -125,3 +125,11 @@ def severe_console(driver: Any) -> list[str]:
     """Script errors logged since the last call (failed loads of answers meant to fail aside)."""
     return [e["message"] for e in driver.get_log("browser")
             if e["level"] == "SEVERE" and "Failed to load resource" not in e["message"]]
+
+
+def fill(driver: Any, **values: str) -> None:
+    """Type each value into the form field of that id (``edit_steps`` is the field ``edit-steps``)."""
+    for element_id, value in values.items():
+        field = driver.find_element(By.ID, element_id.replace("_", "-"))
+        field.clear()
+        field.send_keys(value)

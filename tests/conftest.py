@@ -9,12 +9,17 @@ import os
 # the cores their own team is waiting for, and a 2 ms network call can take 300 ms.
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
+import httpx
 import pytest
 import torch
 
 from model import DiffusionConfig, ModelConfig, SamplingConfig, UNet, UNetConfig, save_checkpoint
+
+from .browser import AUTH, chromium
 
 # The run's last lines name each skipped suite and the command that enables it (tests/skipsummary.py).
 from .skipsummary import pytest_terminal_summary  # noqa: F401
@@ -69,3 +74,18 @@ def tiny_uncond_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
     path = tmp_path_factory.mktemp("ckpt") / "tiny-uncond.safetensors"
     save_checkpoint(path, randomized_unet(config.unet, seed=1), config)
     return path
+
+
+@pytest.fixture(scope="module")
+def browser(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
+    """One headless Chromium for a module's tests (the page tests; tests/test_browser.py has its own)."""
+    with chromium(tmp_path_factory.mktemp("chromium-profile"), tmp_path_factory.mktemp("downloads")) as driver:
+        yield driver
+
+
+@pytest.fixture
+def api(server: str) -> Iterator[httpx.Client]:
+    """The module's server, with the page's API key."""
+    with httpx.Client(base_url=server, headers=AUTH, timeout=60) as client:
+        yield client
+

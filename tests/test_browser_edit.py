@@ -20,14 +20,13 @@ from PIL import Image
 from selenium.webdriver.common.action_chains import ActionChains
 
 from .browser import (
-    AUTH,
     KEY,
     NEEDS_BROWSER,
     By,
     Keys,
     Select,
-    chromium,
     decode_png,
+    fill,
     js,
     module_call,
     ready_page,
@@ -43,25 +42,6 @@ def server(tiny_checkpoint: Path, tmp_path_factory: pytest.TempPathFactory) -> I
     log = tmp_path_factory.mktemp("edit-page") / "serve.log"
     with serve_process(tiny_checkpoint, log, api_keys=KEY, max_batch="8") as (url, _):
         yield url
-
-
-@pytest.fixture(scope="module")
-def browser(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
-    with chromium(tmp_path_factory.mktemp("chromium-profile"), tmp_path_factory.mktemp("downloads")) as driver:
-        yield driver
-
-
-@pytest.fixture
-def api(server: str) -> Iterator[httpx.Client]:
-    with httpx.Client(base_url=server, headers=AUTH, timeout=60) as client:
-        yield client
-
-
-def fill(driver: Any, **values: str) -> None:
-    for element_id, value in values.items():
-        field = driver.find_element(By.ID, element_id.replace("_", "-"))
-        field.clear()
-        field.send_keys(value)
 
 
 def srcs(driver: Any, selector: str) -> list[str]:

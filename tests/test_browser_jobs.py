@@ -25,7 +25,18 @@ import pytest
 from model import save_checkpoint
 from model.config import DiffusionConfig
 
-from .browser import AUTH, KEY, NEEDS_BROWSER, By, chromium, decode_data_url, decode_png, js, ready_page, wait
+from .browser import (
+    AUTH,
+    KEY,
+    NEEDS_BROWSER,
+    By,
+    decode_data_url,
+    decode_png,
+    fill,
+    js,
+    ready_page,
+    wait,
+)
 from .conftest import randomized_unet, tiny_config
 from .live import free_port, wait_ready
 from .test_process import ROOT, serve_process
@@ -48,25 +59,6 @@ def long_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def server(long_checkpoint: Path) -> Iterator[str]:
     with serve_process(long_checkpoint, long_checkpoint.parent / "serve.log", api_keys=KEY, max_batch="2") as (url, _):
         yield url
-
-
-@pytest.fixture(scope="module")
-def browser(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
-    with chromium(tmp_path_factory.mktemp("chromium-profile"), tmp_path_factory.mktemp("downloads")) as driver:
-        yield driver
-
-
-@pytest.fixture
-def api(server: str) -> Iterator[httpx.Client]:
-    with httpx.Client(base_url=server, headers=AUTH, timeout=60) as client:
-        yield client
-
-
-def fill(driver: Any, **values: str) -> None:
-    for element_id, value in values.items():
-        field = driver.find_element(By.ID, element_id)
-        field.clear()
-        field.send_keys(value)
 
 
 def job_box(driver: Any) -> dict[str, str]:
