@@ -10,6 +10,7 @@ import json
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -220,9 +221,14 @@ def test_webhooks_and_metrics(stores: Stores, tiny_checkpoint: Path) -> None:
         while len(r.requests) < 2:
             assert time.monotonic() < deadline
             time.sleep(0.05)
-        payloads = [Webhook(SECRET).verify(body, headers) for _, headers, body, _ in r.requests]
-        assert [p["type"] for p in payloads] == ["job.started", "job.succeeded"]
-        assert payloads[1]["data"]["id"] == job["id"]
+        # Deliveries run concurrently and may arrive in either order (Standard Webhooks promise no
+        # order); the events' own timestamps say which happened first.
+        payloads = {p["type"]: p for p in (Webhook(SECRET).verify(body, headers)
+                                           for _, headers, body, _ in r.requests)}
+        assert sorted(payloads) == ["job.started", "job.succeeded"]
+        when = {kind: datetime.fromisoformat(p["timestamp"]) for kind, p in payloads.items()}
+        assert when["job.started"] <= when["job.succeeded"]
+        assert payloads["job.succeeded"]["data"]["id"] == job["id"]
         metrics = c.get("/metrics").text
         for line in ('ddpm_jobs_finished_total{status="succeeded"} 1.0',
                      'ddpm_webhook_deliveries_total{outcome="delivered"} 2.0',
