@@ -6,23 +6,29 @@
 - a drawn seed is drawn once at submission and kept in the job;
 - every refusal of the native endpoint is a 4xx at submission, naming the field, and queues nothing;
 - cancel and the job deadline work in either phase, and free the rows;
-- a job spec as large as the body limit allows is stored and read back by both stores.
+- Idempotency-Key and webhooks work for an editing kind as for generate;
+- a body at a raised DDPM_MAX_BODY_BYTES runs as a job, and a job spec of megabytes is stored and
+  read back by both stores.
 """
 
 from __future__ import annotations
 
 import base64
+import json
 import time
 from pathlib import Path
 from typing import Any
 
 import httpx
 import numpy as np
+from standardwebhooks import Webhook
 
+from app.jobs import JobSpec, JobStore
 from model.images import encode_png
 
-from .job_stores import Stores, redis_url, stores  # noqa: F401  (fixtures)
+from .job_stores import Stores, redis_url, store, stores  # noqa: F401  (fixtures)
 from .test_jobs_api import server, wait_status
+from .webhook_receiver import SECRET, receiver
 
 SOURCE = np.random.default_rng(0).integers(0, 256, (8, 8, 1), dtype=np.uint8)
 OTHER = np.random.default_rng(1).integers(0, 256, (8, 8, 1), dtype=np.uint8)
@@ -167,3 +173,48 @@ def test_the_deadline_holds_in_either_phase(stores: Stores, tiny_checkpoint: Pat
         for job in (long_first, long_second):
             ended = wait_status(c, job["id"], ("succeeded", "failed"))
             assert ended["status"] == "failed" and ended["error"]["status"] == 504, ended
+
+
+def test_idempotency_and_webhooks_for_an_editing_kind(stores: Stores, tiny_checkpoint: Path) -> None:
+    settings = {"webhook_secret": SECRET, "webhook_allow_private": True}
+    with receiver() as hook, server(stores, tiny_checkpoint, **settings) as url, \
+            httpx.Client(base_url=url, timeout=60) as c:
+        body = {"kind": "variations", "n": 2, "steps": 6, "webhook": hook.url, "webhook_events": ["job.succeeded"]}
+        key = {"Idempotency-Key": "variations-1"}
+        first = c.post("/v1/jobs", json=body, headers=key)
+        again = c.post("/v1/jobs", json=body, headers=key)  # a retry: the same job, its drawn seed kept
+        assert again.status_code == 202 and again.headers["idempotent-replayed"] == "true"
+        assert again.json()["id"] == first.json()["id"] and again.json()["seeds"] == first.json()["seeds"]
+        assert c.post("/v1/jobs", json={**body, "n": 3}, headers=key).status_code == 409
+        assert c.post("/v1/jobs", json={**body, "webhook": "ftp://x"}).json()["detail"][0]["field"] == "webhook"
+        done = wait_status(c, first.json()["id"], ("succeeded",))
+        deadline = time.monotonic() + 20
+        while not hook.requests:
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+        payload = Webhook(SECRET).verify(hook.requests[0][2], hook.requests[0][1])
+        assert payload["type"] == "job.succeeded" and payload["data"]["seeds"] == done["seeds"]
+
+
+def test_a_body_at_the_size_limit_runs_as_a_job(stores: Stores, tiny_checkpoint: Path) -> None:
+    big = np.random.default_rng(2).integers(0, 256, (600, 600, 1), dtype=np.uint8)  # noise: PNG barely shrinks it
+    body = {"image": b64(big), "resize": True, "seed": 9, "steps": 3}
+    size = len(json.dumps({"kind": "edit", **body}))
+    assert size > 400_000
+    with server(stores, tiny_checkpoint, max_body_bytes=size + 100) as url, \
+            httpx.Client(base_url=url, timeout=60) as c:
+        job = c.post("/v1/jobs", json={"kind": "edit", **body})
+        assert job.status_code == 202, job.text
+        done = wait_status(c, job.json()["id"], ("succeeded", "failed"))
+        assert done["status"] == "succeeded", done
+        assert job_pngs(c, done) == native(c, "/v1/edits", body)[0]
+
+
+def test_both_stores_keep_a_spec_of_megabytes(store: JobStore) -> None:
+    image = base64.b64encode(np.random.default_rng(3).bytes(6 * 1024 * 1024)).decode()  # an 8 MiB body
+    spec = JobSpec(n=1, seed=4, params={"steps": 3, "sampler": "ddpm", "eta": None, "label": None, "guidance": 0.0},
+                   kind="edit", body={"image": image, "seed": 4}, image_seeds=(4,), fingerprint="f")
+    job, created = store.create("owner", spec)
+    assert created and store.get(job.id, "owner").spec == spec
+    (claim,) = store.claim("replica", 10)
+    assert claim.job.spec == spec and claim.job.spec.seeds == [4]
