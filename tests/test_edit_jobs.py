@@ -6,6 +6,7 @@
 - a drawn seed is drawn once at submission and kept in the job;
 - every refusal of the native endpoint is a 4xx at submission, naming the field, and queues nothing;
 - cancel and the job deadline work in either phase, and free the rows;
+- a ``ddpm serve`` on SQLite killed -9 mid-job and started again finishes the job with the same images;
 - Idempotency-Key and webhooks work for an editing kind as for generate;
 - a body at a raised DDPM_MAX_BODY_BYTES runs as a job, and a job spec of megabytes is stored and
   read back by both stores.
@@ -15,12 +16,14 @@ from __future__ import annotations
 
 import base64
 import json
+import signal
 import time
 from pathlib import Path
 from typing import Any
 
 import httpx
 import numpy as np
+import pytest
 from standardwebhooks import Webhook
 
 from app.jobs import JobSpec, JobStore
@@ -28,6 +31,8 @@ from model.images import encode_png
 
 from .job_stores import Stores, redis_url, store, stores  # noqa: F401  (fixtures)
 from .test_jobs_api import server, wait_status
+from .test_jobs_replicas import SETTINGS, images, wait_job
+from .test_process import serve_process
 from .webhook_receiver import SECRET, receiver
 
 SOURCE = np.random.default_rng(0).integers(0, 256, (8, 8, 1), dtype=np.uint8)
@@ -218,3 +223,22 @@ def test_both_stores_keep_a_spec_of_megabytes(store: JobStore) -> None:
     assert created and store.get(job.id, "owner").spec == spec
     (claim,) = store.claim("replica", 10)
     assert claim.job.spec == spec and claim.job.spec.seeds == [4]
+
+
+@pytest.mark.slow
+def test_kill_9_of_a_sqlite_replica_mid_variations_job_then_restart(tiny_checkpoint: Path, tmp_path: Path) -> None:
+    """The jobs' invariant for an editing kind with two phases: killed -9 mid-job, the restarted replica
+    runs it again from its stored body and seed, and its images are those of /v1/variations."""
+    env = {**SETTINGS, "data_dir": str(tmp_path / "data")}
+    body = {"n": 12, "steps": 100, "t": 90, "seed": 77}  # 10 shared steps, then 12 x 90, one row at a time
+    with serve_process(tiny_checkpoint, tmp_path / "first.log", **env) as (url, proc):
+        job = httpx.post(f"{url}/v1/jobs", json={"kind": "variations", **body}, timeout=10).json()
+        wait_job(url, job["id"], ("running",))
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(10)
+    with serve_process(tiny_checkpoint, tmp_path / "second.log", **env) as (url, _):
+        done = wait_job(url, job["id"], ("succeeded", "failed"))
+        assert done["status"] == "succeeded" and done["attempts"] == 2, done
+        with httpx.Client(base_url=url, timeout=60) as c:
+            pngs, seeds = native(c, "/v1/variations", body)
+        assert done["seeds"] == seeds and images(url, done) == pngs
