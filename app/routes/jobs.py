@@ -1,7 +1,9 @@
 """``/v1/jobs``: generations that outlive their connection and their replica.
 
-A job is made from the same body as ``/generate`` (plus ``webhook``), its parameters resolved
-at once (the seed drawn now, so a re-run gives the same images), and queued in the job store;
+A job is made from the same body as ``/generate`` (plus ``webhook``), or with ``kind`` "edit",
+"interpolation" or "variations" from that editing endpoint's body (``app.edit_jobs``), its
+parameters resolved and checked at once (the seed drawn now, so a re-run gives the same images),
+and queued in the job store;
 a replica's pump hands it to its engine when rows are free. It belongs to the API key that
 made it: any other key gets 404. Domain errors (``app.jobs.errors``) become statuses in
 ``app.http_errors``, as every route's do.
