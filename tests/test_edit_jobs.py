@@ -129,6 +129,13 @@ def test_refusals_are_4xx_at_submission_and_queue_nothing(stores: Stores, tiny_c
                 rest = {k: v for k, v in body.items() if k != "kind"}
                 assert c.post(native_endpoint, json=rest).status_code == status
         assert c.get("/v1/jobs").json()["jobs"] == []
+        spec = c.get("/openapi.json").json()
+        body = spec["paths"]["/v1/jobs"]["post"]["requestBody"]["content"]["application/json"]["schema"]
+        variants = next(v for v in body.get("anyOf", [body]) if "oneOf" in v)["oneOf"]
+        schemas = [spec["components"]["schemas"][v["$ref"].rsplit("/", 1)[1]] for v in variants]
+        assert [s["properties"]["kind"].get("const") for s in schemas] == ["generate", "edit", "interpolation",
+                                                                          "variations"]
+        assert "image" in schemas[1]["required"] and "webhook" in schemas[3]["properties"]
         big = {"kind": "edit", "image": "A" * 20000}  # over DDPM_MAX_BODY_BYTES (16 KiB)
         assert c.post("/v1/jobs", json=big).status_code == 413
 
