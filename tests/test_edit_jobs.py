@@ -30,7 +30,7 @@ from app.jobs import JobSpec, JobStore
 from model.images import encode_png
 
 from .job_stores import Stores, redis_url, store, stores  # noqa: F401  (fixtures)
-from .test_jobs_api import server, wait_status
+from .test_jobs_api import server, sse_events, wait_status
 from .test_jobs_replicas import SETTINGS, images, wait_job
 from .test_process import serve_process
 from .webhook_receiver import SECRET, receiver
@@ -249,3 +249,21 @@ def test_kill_9_of_a_sqlite_replica_mid_variations_job_then_restart(tiny_checkpo
         with httpx.Client(base_url=url, timeout=60) as c:
             pngs, seeds = native(c, "/v1/variations", body)
         assert done["seeds"] == seeds and images(url, done) == pngs
+
+
+def test_events_of_a_two_phase_job(stores: Stores, tiny_checkpoint: Path) -> None:
+    """Progress from both phases, never going back; ``image`` events only for the job's own images,
+    with the seeds the endpoint reports (continuation i: seed + 1 + i)."""
+    with server(stores, tiny_checkpoint, 0.01, max_batch=2) as url, httpx.Client(base_url=url, timeout=60) as c:
+        job = c.post("/v1/jobs", json={"kind": "variations", "n": 2, "steps": 60, "t": 30, "seed": 40}).json()
+        events = sse_events(c, f"/v1/jobs/{job['id']}/events")
+        kinds = [name for name, _ in events]
+        assert kinds[-1] == "done" and events[-1][1]["status"] == "succeeded", events[-1]
+        # (the first event may be the job's state before any report: step 0 of its ``steps``)
+        progress = [(d["step"], d["steps"]) for name, d in events if name == "progress" and d["step"] > 0]
+        assert [s for s, _ in progress] == sorted(s for s, _ in progress)
+        totals = [total for _, total in progress]  # the shared chain's steps (down to t), then all 60
+        assert totals == sorted(totals) and len(set(totals)) <= 2 and totals[-1] == 60, totals
+        images = sorted((d for name, d in events if name == "image"), key=lambda d: d["index"])
+        assert [(d["index"], d["seed"]) for d in images] == [(0, 41), (1, 42)]
+        assert [base64.b64decode(d["png_base64"]) for d in images] == job_pngs(c, events[-1][1])
