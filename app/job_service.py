@@ -3,7 +3,8 @@
 ``JobService`` is made once per app next to ``Service``; ``EngineRows`` is the pump's view of the
 engine: rows free for jobs (none until warm, none while draining), and a claimed job queued as a
 background-class generation of its owner, built from the parameters resolved when it was made,
-so the images are those of the same request to ``/generate`` with the same seed.
+so the images are those of the same request to ``/generate`` with the same seed (an editing job's,
+those of its endpoint: ``app.edit_jobs``).
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from prometheus_client.registry import Collector
 from model import RowSpec
 from model.images import encode_png
 
+from .edit_jobs import EditJobRun
 from .engine import Generation
 from .errors import QueueFull, ServingError, Unavailable
 from .events import Done, Event, Failed, ImageReady, Progress
@@ -48,8 +50,10 @@ class EngineRows:
     def start(self, claim: Claim, sink: JobSink) -> Callable[[], None]:
         job, model = claim.job, self.service.model
         p = job.spec.params
-        plan = model.plan(p["sampler"], p["steps"], p.get("eta"))
         timeout = min(p.get("timeout_s") or self.timeout_s, self.timeout_s)
+        if job.spec.kind != "generate":  # an editing job: its endpoint's rows, in one or two phases
+            return EditJobRun(self.service, claim, sink, timeout).start()
+        plan = model.plan(p["sampler"], p["steps"], p.get("eta"))
 
         def emit(event: Event) -> None:  # on the engine's thread: the sink only enqueues
             match event:

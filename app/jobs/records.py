@@ -33,7 +33,14 @@ def fingerprint(body: Mapping[str, Any]) -> str:
 
 @dataclass(frozen=True)
 class JobSpec:
-    """What a client asked for, with the seed already drawn (image i uses seed + i)."""
+    """What a client asked for, with the seed already drawn (image i uses seed + i, unless
+    ``image_seeds`` says otherwise).
+
+    ``kind`` "generate": ``params`` is all there is. An editing kind ("edit", "interpolation",
+    "variations") also keeps ``body``, its endpoint's validated body with the seed filled in, which
+    the running replica turns into rows again, and ``image_seeds``, the seeds its images report
+    (an interpolation's frames share one seed; variations' continuations start at seed + 1).
+    """
 
     n: int
     seed: int
@@ -41,9 +48,14 @@ class JobSpec:
     webhook: str | None = None
     webhook_events: tuple[str, ...] = ()
     fingerprint: str = ""  # of the client's body; see ``fingerprint``
+    kind: str = "generate"
+    body: dict[str, Any] | None = None
+    image_seeds: tuple[int, ...] | None = None
 
     @property
     def seeds(self) -> list[int]:
+        if self.image_seeds is not None:
+            return list(self.image_seeds)
         return [self.seed + i for i in range(self.n)]
 
 
@@ -110,14 +122,20 @@ class JobEvent:
 
 
 def spec_to_json(spec: JobSpec) -> str:
-    return json.dumps({"n": spec.n, "seed": spec.seed, "params": spec.params, "webhook": spec.webhook,
-                       "webhook_events": list(spec.webhook_events), "fingerprint": spec.fingerprint})
+    d: dict[str, Any] = {"n": spec.n, "seed": spec.seed, "params": spec.params, "webhook": spec.webhook,
+                         "webhook_events": list(spec.webhook_events), "fingerprint": spec.fingerprint}
+    if spec.kind != "generate":  # a generate job's record is as it was before the editing kinds
+        d |= {"kind": spec.kind, "body": spec.body, "image_seeds": spec.image_seeds}
+    return json.dumps(d, separators=(",", ":"))
 
 
 def spec_from_json(text: str) -> JobSpec:
     d = json.loads(text)
+    seeds = d.get("image_seeds")
     return JobSpec(n=d["n"], seed=d["seed"], params=d["params"], webhook=d["webhook"],
-                   webhook_events=tuple(d["webhook_events"]), fingerprint=d["fingerprint"])
+                   webhook_events=tuple(d["webhook_events"]), fingerprint=d["fingerprint"],
+                   kind=d.get("kind", "generate"), body=d.get("body"),
+                   image_seeds=None if seeds is None else tuple(seeds))
 
 
 def encode_cursor(seq: int) -> str:

@@ -295,7 +295,7 @@ class RedisStore(RedisOutbox):
         held = self._run_transition(claim.job.id, allowed="running", token=claim.token, now=time.time(),
                                     pngs=[(index, png)])[0] == "ok"
         if held:
-            self.publish(JobEvent(claim.job.id, "image", {"index": index, "seed": claim.job.spec.seed + index}))
+            self.publish(JobEvent(claim.job.id, "image", {"index": index, "seed": claim.job.spec.seeds[index]}))
         return held
 
     def complete(self, claim: Claim, pngs: Sequence[bytes]) -> Job | None:

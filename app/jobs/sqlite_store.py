@@ -285,7 +285,7 @@ class SQLiteStore(SQLiteOutbox):
                 db.execute("INSERT OR REPLACE INTO images (job_id, idx, png) VALUES (?, ?, ?)",
                            (claim.job.id, index, png))
         if held:
-            self.publish(JobEvent(claim.job.id, "image", {"index": index, "seed": claim.job.spec.seed + index}))
+            self.publish(JobEvent(claim.job.id, "image", {"index": index, "seed": claim.job.spec.seeds[index]}))
         return held
 
     def complete(self, claim: Claim, pngs: Sequence[bytes]) -> Job | None:

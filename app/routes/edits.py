@@ -10,10 +10,9 @@ through a ``LatentSink``), and an interpolation between seeds first draws the tw
 (No ``from __future__ import annotations``: FastAPI must see the body models as real types.)
 """
 
-import contextlib
 import time
-from collections.abc import AsyncIterator, Callable, Iterator
-from dataclasses import dataclass, field, replace
+from collections.abc import AsyncIterator
+from dataclasses import replace
 from typing import Any
 
 import numpy as np
@@ -22,31 +21,21 @@ from fastapi.responses import JSONResponse, Response, StreamingResponse
 from starlette.concurrency import run_in_threadpool
 
 from model import RowSpec
-from model.editing import (
-    EditError,
-    blend_frames,
-    edit_specs,
-    interpolation_specs,
-    shared_start,
-    variation_plans,
-    variation_prefix_spec,
-    variation_specs,
-)
-from model.image_input import ImageInputError, to_model_range
 from model.images import encode_png, make_grid
 
 from ..edit_requests import (
+    Built,
     Common,
     EditBody,
+    FirstPhase,
     InterpolationBody,
     VariationBody,
-    check_bounds,
-    decode_edit_inputs,
-    decode_end,
+    prepare_now,
+    then_now,
 )
-from ..errors import InvalidRequest, ServingError, UploadTooLarge
+from ..errors import ServingError
 from ..events import Done, Failed, ImageReady, Progress, Queued
-from ..generation import Resolved, Submission, resolve
+from ..generation import Resolved, Submission
 from ..http import sse
 from ..http_errors import stream_error
 from ..schemas import ERROR_RESPONSES, GenerateResponse, ImageOut, Timings
@@ -64,67 +53,17 @@ class RowsSubmission(Submission):
         self.generation.images = [None] * len(specs)
 
 
-@dataclass
-class Built:
-    """What a request runs: its rows, or (an interpolation at t = 0) its finished frames."""
-
-    resolved: Resolved
-    specs: list[RowSpec] = field(default_factory=list)
-    ready: list[np.ndarray] = field(default_factory=list)
-
-
-@dataclass
-class FirstPhase:
-    """Rows a request runs before its own, whose images ``then`` turns into the request's rows:
-    ``"ends"``, an interpolation's seeded end samples; ``"shared"``, variations' shared chain."""
-
-    name: str
-    resolved: Resolved
-    specs: list[RowSpec]
-    then: Callable[[list[np.ndarray]], Built]
-
-
 def submit_rows(service: Service, request: Request, resolved: Resolved, specs: list[RowSpec], *,
                 progress: bool) -> RowsSubmission:
-    service.check_accepting()
-    longest = max(s.plan.steps for s in specs)
-    if longest > service.plan.max_steps:
-        raise InvalidRequest("jumps", f"the plan has {longest} row-steps with its jumps; this server runs at "
-                                      f"most {service.plan.max_steps}: fewer steps or jumps")
+    service.check_accepting()  # the plan's length was checked by prepare_now
     submission = RowsSubmission(service, resolved, request.state.request_id, specs, progress=progress)
     service.engine.submit(submission.generation)
     return submission
 
 
-def with_seeds(resolved: Resolved, seeds: list[int]) -> Resolved:
-    """The seeds a phase reports (frames share one; continuations have their own)."""
-    return replace(resolved, seeds=tuple(seeds))
-
-
-@contextlib.contextmanager
-def refusals() -> Iterator[None]:
-    """model/'s refusals become the HTTP layer's domain errors (statuses in app.http_errors)."""
-    try:
-        yield
-    except ImageInputError as exc:
-        raise UploadTooLarge(str(exc)) if exc.too_large else InvalidRequest(exc.field, _reason(exc)) from exc
-    except EditError as exc:
-        raise InvalidRequest(exc.field, _reason(exc)) from exc
-
-
-def _reason(exc: Exception) -> str:
-    return str(exc).partition(": ")[2]
-
-
 async def prepare(service: Service, body: Common) -> Built | FirstPhase:
-    """Everything that can refuse the request, before anything runs."""
-    with refusals():
-        if isinstance(body, EditBody):
-            return await build_edit(service, body)
-        if isinstance(body, InterpolationBody):
-            return await prepare_interpolation(service, body)
-        assert isinstance(body, VariationBody)
-        return prepare_variations(service, body)
+    """Everything that can refuse the request, before anything runs (off the event loop: it decodes)."""
+    return await run_in_threadpool(prepare_now, service, body)
 
 
 def trimmed(built: Built, start: float) -> Built:
@@ -136,8 +75,7 @@ def trimmed(built: Built, start: float) -> Built:
 
 def finish(phase: FirstPhase, images: list[np.ndarray], start: float) -> Built:
     """The request's own rows once its first phase is done."""
-    with refusals():
-        return trimmed(phase.then(images), start)
+    return trimmed(then_now(phase, images), start)
 
 
 async def build(service: Service, request: Request, body: Common) -> Built:
@@ -148,64 +86,6 @@ async def build(service: Service, request: Request, body: Common) -> Built:
         return trimmed(prepared, start)
     first = submit_rows(service, request, prepared.resolved, prepared.specs, progress=False)
     return finish(prepared, await outcome(first, request), start)
-
-
-async def build_edit(service: Service, body: EditBody) -> Built:
-    check_bounds(service, body, body.n)
-    r = resolve(body.params(body.n), service)
-    image, mask = await run_in_threadpool(decode_edit_inputs, service, body)
-    return Built(r, edit_specs(service.model, image, mask, n=body.n, seed=r.seeds[0], strength=body.strength,
-                               jumps=body.jumps, jump_length=body.jump_length, label=r.label,
-                               guidance=r.guidance, steps=r.steps, sampler=r.sampler, eta=r.eta))
-
-
-async def prepare_interpolation(service: Service, body: InterpolationBody) -> Built | FirstPhase:
-    check_bounds(service, body, body.frames, "frames")
-    model = service.model
-    t = model.config.diffusion.num_timesteps // 2 if body.t is None else body.t
-    base = resolve(body.params(1), service)
-    ends = {name: await run_in_threadpool(decode_end, service, end, name, body.resize)
-            for name, end in (("a", body.a), ("b", body.b)) if end.image is not None}
-    seeded = [(name, end.seed) for name, end in (("a", body.a), ("b", body.b)) if end.seed is not None]
-    r = with_seeds(base, [base.seeds[0]] * body.frames)
-
-    def frames(drawn: list[np.ndarray]) -> Built:
-        both = {**ends, **{name: to_model_range(im) for (name, _), im in zip(seeded, drawn, strict=True)}}
-        if t == 0:
-            return Built(r, ready=list(blend_frames(both["a"], both["b"], body.frames)))
-        return Built(r, interpolation_specs(model, both["a"], both["b"], t=t, frames=body.frames,
-                                            seed=base.seeds[0], label=r.label, guidance=r.guidance, steps=r.steps,
-                                            sampler=r.sampler, eta=r.eta))
-
-    if not seeded:
-        return frames([])
-    # The seeded ends are those seeds' /generate images, drawn first with the request's label.
-    plan = model.plan(base.sampler, base.steps, base.eta)
-    specs = [RowSpec(plan=plan, seed=s, label=base.label, guidance=base.guidance) for _, s in seeded]
-    return FirstPhase("ends", with_seeds(base, [s for _, s in seeded]), specs, frames)
-
-
-def prepare_variations(service: Service, body: VariationBody) -> Built | FirstPhase:
-    check_bounds(service, body, body.n)
-    model = service.model
-    t = model.config.diffusion.num_timesteps // 2 if body.t is None else body.t
-    base = resolve(body.params(1), service)
-    seed = base.seeds[0]
-    r = with_seeds(base, [seed + 1 + i for i in range(body.n)])
-    prefix_plan, cont = variation_plans(model, t=t, steps=r.steps, sampler=r.sampler, eta=r.eta)
-    if prefix_plan is None:  # t = T: nothing is shared but x_T itself
-        assert cont is not None
-        return Built(r, variation_specs(cont, shared_start(model, None, seed), list(r.seeds), label=r.label,
-                                        guidance=r.guidance))
-    prefix = variation_prefix_spec(prefix_plan, seed=seed, label=r.label, guidance=r.guidance)
-
-    def continuations(shared: list[np.ndarray]) -> Built:
-        if cont is None:  # t = 0: the whole chain is shared; every variation is that one sample
-            return Built(with_seeds(base, [seed] * body.n), ready=shared * body.n)
-        return Built(r, variation_specs(cont, shared_start(model, prefix, seed), list(r.seeds), label=r.label,
-                                        guidance=r.guidance))
-
-    return FirstPhase("shared", with_seeds(base, [seed]), [prefix], continuations)
 
 
 def picture(images: list[np.ndarray]) -> bytes:

@@ -1,7 +1,9 @@
 """``/v1/jobs``: generations that outlive their connection and their replica.
 
-A job is made from the same body as ``/generate`` (plus ``webhook``), its parameters resolved
-at once (the seed drawn now, so a re-run gives the same images), and queued in the job store;
+A job is made from the same body as ``/generate`` (plus ``webhook``), or with ``kind`` "edit",
+"interpolation" or "variations" from that editing endpoint's body (``app.edit_jobs``), its
+parameters resolved and checked at once (the seed drawn now, so a re-run gives the same images),
+and queued in the job store;
 a replica's pump hands it to its engine when rows are free. It belongs to the API key that
 made it: any other key gets 404. Domain errors (``app.jobs.errors``) become statuses in
 ``app.http_errors``, as every route's do.
@@ -13,14 +15,17 @@ time from the model's bounds, as a real type.)
 import asyncio
 import base64
 import contextlib
-from collections.abc import AsyncIterator, Callable
-from typing import Any, Literal
+from collections.abc import AsyncIterator, Callable, Coroutine
+from typing import Annotated, Any, Literal, Union
 
 from fastapi import APIRouter, Path, Query, Request
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response, StreamingResponse
-from pydantic import Field, create_model
+from fastapi.routing import APIRoute
+from pydantic import BaseModel, Discriminator, Field, Tag, create_model
 from starlette.concurrency import run_in_threadpool
 
+from ..edit_jobs import BODIES, endpoint_body, spec_for
 from ..errors import Cancelled
 from ..generation import resolve
 from ..http import request_owner, sse
@@ -34,6 +39,7 @@ from ..schemas import ERROR_RESPONSES, GenerateRequest
 from ..service import Service
 
 KEEPALIVE_S = 15.0
+ENDPOINTS = {"edit": "/v1/edits", "interpolation": "/v1/interpolations", "variations": "/v1/variations"}
 MAX_IDEMPOTENCY_KEY = 255
 JOB_RESPONSES: dict[int | str, dict[str, Any]] = {
     **ERROR_RESPONSES,
@@ -48,7 +54,7 @@ def job_json(job: Job) -> dict[str, Any]:
     """What GET /v1/jobs/{id} answers; times are Unix seconds."""
     p = job.spec.params
     body: dict[str, Any] = {
-        "id": job.id, "status": job.status, "n": job.n, "seeds": job.spec.seeds,
+        "id": job.id, "kind": job.spec.kind, "status": job.status, "n": job.n, "seeds": job.spec.seeds,
         "steps": p.get("steps"), "sampler": p.get("sampler"), "eta": p.get("eta"), "label": p.get("label"),
         "guidance": p.get("guidance"), "webhook": job.spec.webhook, "webhook_events": list(job.spec.webhook_events),
         "created_at": job.created_at, "started_at": job.started_at, "finished_at": job.finished_at,
@@ -67,28 +73,77 @@ def job_json(job: Job) -> dict[str, Any]:
     return body
 
 
-def job_request_model(body_model: type[GenerateRequest], *, webhooks: bool) -> Any:
-    """``/generate``'s body (this server's bounds) plus the webhook fields; without a webhook
-    secret the schema itself says that ``webhook`` must be null."""
+def webhook_fields(webhooks: bool) -> dict[str, Any]:
+    """The webhook fields a job request adds to its body; without a webhook secret the schema itself
+    says that ``webhook`` must be null."""
     if not webhooks:
         off = "webhooks are off on this server (DDPM_WEBHOOK_SECRET is not set): null"
-        return create_model("JobRequestBody", __base__=body_model,
-                            webhook=(None, Field(None, description=off)),
-                            webhook_events=(None, Field(None, description=off)))
+        return {"webhook": (None, Field(None, description=off)),
+                "webhook_events": (None, Field(None, description=off))}
     events_type: Any = list[Literal[EVENTS]] | None  # type: ignore[valid-type]
-    return create_model(
-        "JobRequestBody", __base__=body_model,
-        webhook=(str | None, Field(None, min_length=8, max_length=MAX_URL_LENGTH, pattern=r"^https?://[^/?#]+",
-                                   description="http(s) URL to POST job events to (Standard Webhooks signed); "
-                                   "loopback, private and metadata addresses are refused")),
-        webhook_events=(events_type, Field(
+    return {
+        "webhook": (str | None, Field(None, min_length=8, max_length=MAX_URL_LENGTH, pattern=r"^https?://[^/?#]+",
+                                      description="http(s) URL to POST job events to (Standard Webhooks signed); "
+                                      "loopback, private and metadata addresses are refused")),
+        "webhook_events": (events_type, Field(
             None, description="which events; null: job.succeeded, job.failed, job.canceled")),
-    )
+    }
+
+
+def kind_of(value: Any) -> str | None:
+    """The variant of a job request: its ``kind``, "generate" when absent (bodies from before the kinds)."""
+    kind = value.get("kind", "generate") if isinstance(value, dict) else getattr(value, "kind", "generate")
+    return kind if isinstance(kind, str) else None
+
+
+def job_request_model(body_model: type[GenerateRequest], *, webhooks: bool) -> tuple[type[BaseModel], Any]:
+    """A discriminated union on ``kind``: "generate" (the default), ``/generate``'s body with this
+    server's bounds; "edit", "interpolation", "variations", the body of ``/v1/edits``,
+    ``/v1/interpolations``, ``/v1/variations``; each plus the webhook fields."""
+    kinds: Any = Literal["generate"]
+    generate = create_model("JobRequestBody", __base__=body_model, kind=(
+        kinds, Field("generate", description="generate (the default), edit, interpolation or "
+                                   "variations: the rest of the body is that endpoint's")), **webhook_fields(webhooks))
+    variants: list[Any] = [Annotated[generate, Tag("generate")]]
+    for kind, base in BODIES.items():
+        one: Any = Literal[kind]
+        model = create_model(f"{kind.capitalize()}JobRequestBody", __base__=base,
+                             kind=(one, Field(description=f"the body of POST {ENDPOINTS[kind]}")),
+                             **webhook_fields(webhooks))
+        variants.append(Annotated[model, Tag(kind)])
+    return generate, Annotated[Union[tuple(variants)], Discriminator(kind_of)]  # noqa: UP007  # a union built at run time
+
+
+def untagged(error: dict[str, Any]) -> dict[str, Any]:
+    """A validation error of the job request as its endpoint's: the union's tag ("generate.n") left out
+    of the field's name ("n"), and a bad ``kind`` named as the field ``kind``."""
+    loc = tuple(error.get("loc", ()))
+    if error.get("type") in ("union_tag_invalid", "union_tag_not_found") and loc == ("body",):
+        return {**error, "loc": ("body", "kind")}
+    if len(loc) > 1 and loc[0] == "body" and loc[1] in ("generate", *BODIES):
+        return {**error, "loc": ("body", *loc[2:])}
+    return error
+
+
+class JobRoute(APIRoute):
+    """Reports a job request's validation errors with the field names of its endpoint's body."""
+
+    def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:
+        handler = super().get_route_handler()
+
+        async def route(request: Request) -> Response:
+            try:
+                return await handler(request)
+            except RequestValidationError as exc:
+                raise RequestValidationError([untagged(e) for e in exc.errors()], body=exc.body) from None
+
+        return route
 
 
 def make_router(service: Service, jobs: JobService, body_model: type[GenerateRequest]) -> APIRouter:
-    router = APIRouter(tags=["jobs"])
-    Body: Any = job_request_model(body_model, webhooks=jobs.webhooks is not None)
+    router = APIRouter(tags=["jobs"], route_class=JobRoute)
+    generate_body, union = job_request_model(body_model, webhooks=jobs.webhooks is not None)
+    Body: Any = union  # a type built at run time from the model's bounds
     store, settings = jobs.store, service.settings
 
     def owner(request: Request) -> str:
@@ -97,26 +152,36 @@ def make_router(service: Service, jobs: JobService, body_model: type[GenerateReq
     @router.post("/v1/jobs", status_code=202, summary="Queue a job: images generated in the background",
                  responses=JOB_RESPONSES)
     async def create_job(request: Request, body: Body | None = None) -> JSONResponse:
-        """Answers 202 with the job and `Location: /v1/jobs/{id}`. With an `Idempotency-Key` header, the
-        same key and body give the same job (header `Idempotent-Replayed: true`), another body 409."""
-        body = body or Body()
+        """Answers 202 with the job and `Location: /v1/jobs/{id}`. `kind` says what the job runs:
+        `generate` (the default), or `edit`, `interpolation`, `variations` with the body of `/v1/edits`,
+        `/v1/interpolations`, `/v1/variations` (refused here as there, before anything is queued). With an
+        `Idempotency-Key` header, the same key and body give the same job (header `Idempotent-Replayed:
+        true`), another body 409."""
+        body = body or generate_body()
         key = request.headers.get("idempotency-key")
         if key is not None and not 1 <= len(key) <= MAX_IDEMPOTENCY_KEY:
             raise InvalidField("Idempotency-Key", f"must be 1 to {MAX_IDEMPOTENCY_KEY} characters")
-        resolved = resolve(body.params(), service)
-        url, events = await run_in_threadpool(jobs.validate_webhook, body.webhook, body.webhook_events)
-        spec = JobSpec(
-            n=len(resolved.seeds), seed=resolved.seeds[0],
-            params={"steps": resolved.steps, "sampler": resolved.sampler, "eta": resolved.eta,
-                    "label": resolved.label, "guidance": resolved.guidance, "timeout_s": body.timeout_s},
-            webhook=url, webhook_events=events,
-            fingerprint=fingerprint(body.model_dump(mode="json", exclude_unset=True)))
+        spec = await job_spec(body)
         job, created = await run_in_threadpool(lambda: store.create(
             owner(request), spec, idempotency_key=key, max_queued_images=settings.max_queued_images_per_key))
         if created:
             jobs.pump.wake()
         headers = {"Location": f"/v1/jobs/{job.id}"} | ({} if created else {"Idempotent-Replayed": "true"})
         return JSONResponse(job_json(job), status_code=202, headers=headers)
+
+    async def job_spec(body: Any) -> JobSpec:
+        """The job's spec, its seed drawn now (a re-run gives the same images)."""
+        client = body.model_dump(mode="json", exclude_unset=True)
+        if body.kind == "generate":
+            client.pop("kind", None)  # the fingerprint of a body from before the kinds
+            resolved = resolve(body.params(), service)
+        url, events = await run_in_threadpool(jobs.validate_webhook, body.webhook, body.webhook_events)
+        job: dict[str, Any] = {"webhook": url, "webhook_events": events, "fingerprint": fingerprint(client)}
+        if body.kind != "generate":
+            return await run_in_threadpool(spec_for, service, body.kind, endpoint_body(body, body.kind), **job)
+        return JobSpec(n=len(resolved.seeds), seed=resolved.seeds[0], **job,
+                       params={"steps": resolved.steps, "sampler": resolved.sampler, "eta": resolved.eta,
+                               "label": resolved.label, "guidance": resolved.guidance, "timeout_s": body.timeout_s})
 
     add_reads(router, store, owner, settings.job_ttl_s)
 
