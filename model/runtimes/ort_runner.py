@@ -23,6 +23,7 @@ import torch
 
 from ..device import available_cpus, is_small
 from .export import INPUTS, OUTPUT, require
+from .graph import GraphDenoiser
 
 log = logging.getLogger("ddpm.onnxruntime")
 
@@ -63,7 +64,7 @@ def _array(tensor: torch.Tensor | None, dtype: torch.dtype) -> np.ndarray:
     return tensor.detach().to("cpu", dtype).contiguous().numpy()
 
 
-class OnnxRuntimeDenoiser:
+class OnnxRuntimeDenoiser(GraphDenoiser):
     """Runs the exported network with ONNX Runtime; same call and attributes as ``Denoiser``."""
 
     runtime = "onnxruntime"
@@ -80,14 +81,8 @@ class OnnxRuntimeDenoiser:
         require("onnxruntime")
         import onnxruntime as ort
 
-        self.device = torch.device(device)
-        self.dtype = torch.float32
-        self.channels_last = False
-        self.compiled = False
-        self.buckets: list[int] | None = None
-        self.compile_seconds = 0.0
-        self.null_label = null_label
-        self.threads = threads or default_threads(None)
+        super().__init__(device=torch.device(device), dtype=torch.float32, null_label=null_label,
+                         threads=threads or default_threads(None))
         self.spinning = spinning_default() if spinning is None else spinning
         if self.device.type == "cuda":
             providers: list[Any] = [("CUDAExecutionProvider", {"device_id": self.device.index or 0}),
@@ -108,12 +103,7 @@ class OnnxRuntimeDenoiser:
         self._out_chw = tuple(int(d) for d in out_shape[1:])
 
     def __call__(self, x: torch.Tensor, t: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
-        n = x.shape[0]
-        if self.conditional:
-            if labels is None:  # as UNet.forward: no labels means every row is unconditional
-                labels = torch.full((n,), self.null_label or 0, dtype=torch.int64, device=self.device)
-        elif labels is not None:
-            raise ValueError("labels were given to an unconditional network")
+        labels = self.labels_for(x, labels)
         inputs = (x, t, labels) if self.conditional else (x, t)
         if self.device.type == "cuda":
             return self._run_bound(inputs)
@@ -141,14 +131,3 @@ class OnnxRuntimeDenoiser:
         torch.cuda.current_stream(self.device).synchronize()  # the inputs, written on torch's stream
         self.session.run_with_iobinding(binding)  # returns once the output is written
         return out
-
-    def warm_up(self, image_shape: tuple[int, int, int], conditional: bool) -> float:
-        """Run the batch sizes the engine starts with once: the first run of each shape plans its
-        memory and pre-packs the weights."""
-        start = time.perf_counter()
-        for size in (1, 2):
-            x = torch.zeros((size, *image_shape), device=self.device)
-            t = torch.zeros(size, dtype=torch.long, device=self.device)
-            labels = torch.zeros(size, dtype=torch.long, device=self.device) if conditional else None
-            self(x, t, labels)
-        return time.perf_counter() - start

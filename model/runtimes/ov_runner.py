@@ -16,10 +16,11 @@ import numpy as np
 import torch
 
 from .export import require
+from .graph import GraphDenoiser
 from .ort_runner import default_threads
 
 
-class OpenVINODenoiser:
+class OpenVINODenoiser(GraphDenoiser):
     """Runs the exported network with OpenVINO on the CPU; same call and attributes as ``Denoiser``."""
 
     runtime = "openvino"
@@ -29,14 +30,8 @@ class OpenVINODenoiser:
         require("openvino")
         import openvino as ov
 
-        self.device = torch.device("cpu")
-        self.dtype = torch.float32 if precision == "f32" else torch.bfloat16
-        self.channels_last = False
-        self.compiled = False
-        self.buckets: list[int] | None = None
-        self.compile_seconds = 0.0
-        self.null_label = null_label
-        self.threads = threads or default_threads(None)
+        super().__init__(device=torch.device("cpu"), dtype=torch.float32 if precision == "f32" else torch.bfloat16,
+                         null_label=null_label, threads=threads or default_threads(None))
         start = time.perf_counter()
         core = ov.Core()
         with tempfile.TemporaryDirectory() as tmp:  # the ONNX frontend reads files
@@ -55,26 +50,14 @@ class OpenVINODenoiser:
 
     @torch.inference_mode()
     def __call__(self, x: torch.Tensor, t: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
-        n = x.shape[0]
+        labels = self.labels_for(x, labels)
         feeds: dict[str, np.ndarray] = {
             "x": x.to("cpu", torch.float32).contiguous().numpy(),
             "t": t.to("cpu", torch.int64).contiguous().numpy(),
         }
-        if self.conditional:
-            if labels is None:
-                labels = torch.full((n,), self.null_label or 0, dtype=torch.int64)
+        if labels is not None:
             feeds["labels"] = labels.to("cpu", torch.int64).contiguous().numpy()
-        elif labels is not None:
-            raise ValueError("labels were given to an unconditional network")
         # Inputs are read in place; the output buffer belongs to the request and is reused by
         # its next call, so it is copied out once (a Denoiser's output belongs to the caller).
         result = self._request.infer(feeds, share_inputs=True, share_outputs=True)
         return torch.from_numpy(np.array(result[0], copy=True))
-
-    def warm_up(self, image_shape: tuple[int, int, int], conditional: bool) -> float:
-        start = time.perf_counter()
-        for size in (1, 2):
-            x = torch.zeros((size, *image_shape))
-            t = torch.zeros(size, dtype=torch.long)
-            self(x, t, torch.zeros(size, dtype=torch.long) if conditional else None)
-        return time.perf_counter() - start
