@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import statistics
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -26,21 +27,31 @@ def main() -> None:
     parser.add_argument("--samples", type=int, default=500)
     parser.add_argument("--out", default=None)
     args = parser.parse_args()
-    runs: list[dict[str, Any]] = []
-    for seed in args.seeds:
-        for dtype in args.dtypes:  # interleaved, so load drifts hit both precisions alike
-            report = evaluate(EvalOptions(checkpoint=args.checkpoint, out=Path("/tmp/ddpm-bench-quality"),
-                                          dtype=dtype, samples=args.samples, bpd_images=0, seed=seed * 1_000_003,
-                                          rows=DEFAULT_ROWS))
-            for row in report["rows"]:
-                runs.append({"dtype": dtype, "seed": seed, **{k: row[k] for k in (
-                    "sampler", "steps", "guidance", "fd", "floor", "fd_ratio", "accuracy", "confident",
-                    "images_per_s")}})
-            print(f"seed {seed} {dtype}: done", flush=True)
+    def options(dtype: str, seed: int) -> EvalOptions:
+        return EvalOptions(checkpoint=args.checkpoint, out=Path("/tmp/ddpm-bench-quality"), dtype=dtype,
+                           samples=args.samples, bpd_images=0, seed=seed * 1_000_003, rows=DEFAULT_ROWS)
+
+    runs = interleaved(args.dtypes, args.seeds, options)
     table = summarize(runs, args.dtypes)
     print(markdown(table, args.dtypes, len(args.seeds), args.samples))
     write_json(args.out, {"machine": machine(), "samples": args.samples, "seeds": args.seeds,
                           "runs": runs, "table": table})
+
+
+def interleaved(columns: list[str], seeds: list[int],
+                options: Callable[[str, int], EvalOptions]) -> list[dict[str, Any]]:
+    """Every column's eval for each seed in turn, so load drifts hit every column alike; one run
+    per (column, seed, row), the column under the key "dtype" that ``summarize`` groups by."""
+    runs: list[dict[str, Any]] = []
+    for seed in seeds:
+        for column in columns:
+            report = evaluate(options(column, seed))
+            for row in report["rows"]:
+                runs.append({"dtype": column, "seed": seed, **{k: row[k] for k in (
+                    "sampler", "steps", "guidance", "fd", "floor", "fd_ratio", "accuracy", "confident",
+                    "images_per_s")}})
+            print(f"seed {seed} {column}: done", flush=True)
+    return runs
 
 
 def summarize(runs: list[dict[str, Any]], dtypes: list[str]) -> list[dict[str, Any]]:
