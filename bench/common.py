@@ -12,8 +12,9 @@ import os
 import platform
 import statistics
 import subprocess
+import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import torch
@@ -72,3 +73,16 @@ def write_json(path: str | None, data: object) -> None:
     if path:
         Path(path).parent.mkdir(parents=True, exist_ok=True)
         Path(path).write_text(json.dumps(data, indent=2))
+
+
+@contextlib.contextmanager
+def neighbour(busy: bool) -> Iterator[None]:
+    """A process holding one core, as another container or replica would (bench/omp.py)."""
+    proc = subprocess.Popen([sys.executable, "-c", "while True: pass"]) if busy else None
+    try:
+        time.sleep(0.2 if busy else 0)
+        yield
+    finally:
+        if proc is not None:
+            proc.kill()
+            proc.wait()

@@ -15,11 +15,8 @@ import json
 import os
 import subprocess
 import sys
-import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 
-from bench.common import machine, write_json
+from bench.common import machine, neighbour, write_json
 
 PROBE = """
 import json, time, torch
@@ -34,17 +31,6 @@ for b in (1, 16):
 print(json.dumps({"threads": torch.get_num_threads(), "ms_per_step": out}))
 """
 
-
-@contextmanager
-def neighbour(busy: bool) -> Iterator[None]:
-    proc = subprocess.Popen([sys.executable, "-c", "while True: pass"]) if busy else None
-    try:
-        time.sleep(0.2 if busy else 0)
-        yield
-    finally:
-        if proc is not None:
-            proc.kill()
-            proc.wait()
 
 
 CONFIGS: dict[str, dict[str, str]] = {

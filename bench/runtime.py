@@ -22,32 +22,17 @@ import argparse
 import contextlib
 import random
 import statistics
-import subprocess
-import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
 
-from bench.common import machine, median, write_json
+from bench.common import machine, median, neighbour, write_json
 from model import UNet, UNetConfig, load_checkpoint
 from model.runtimes.export import export_onnx, onnx_bytes
 from model.runtimes.ort_runner import OnnxRuntimeDenoiser
 from model.runtimes.ov_runner import OpenVINODenoiser
-
-
-@contextlib.contextmanager
-def neighbour(busy: bool) -> Iterator[None]:
-    """A process holding one core, as another container or replica would (bench/omp.py)."""
-    proc = subprocess.Popen([sys.executable, "-c", "while True: pass"]) if busy else None
-    try:
-        time.sleep(0.2 if busy else 0)
-        yield
-    finally:
-        if proc is not None:
-            proc.kill()
-            proc.wait()
 
 
 def ort_bound(den: OnnxRuntimeDenoiser) -> Callable[[torch.Tensor, torch.Tensor, torch.Tensor], object]:

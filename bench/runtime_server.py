@@ -16,7 +16,7 @@ from pathlib import Path
 
 import httpx
 
-from bench.server import closed_loop, offline_images_per_s, percentiles, server
+from bench.server import closed_loop, during_long, offline_images_per_s, percentiles, server
 from model.pipeline import EMBEDDED_CHECKPOINT
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -39,20 +39,8 @@ def idle_latency(url: str, body: dict, repeats: int) -> float:
 def short_during_long(url: str, short: dict, long: dict) -> float:
     """Median latency of short requests sent while a long one runs, over their solo latency."""
     solo = idle_latency(url, short, 5)
-
-    async def overlapped() -> float:
-        async with httpx.AsyncClient(base_url=url, timeout=600) as ac:
-            long_task = asyncio.create_task(ac.post("/generate", json={**long, "seed": 1}))
-            await asyncio.sleep(0.5)
-            lat = []
-            for i in range(5):
-                start = time.perf_counter()
-                await ac.post("/generate", json={**short, "seed": 100 + i})
-                lat.append(time.perf_counter() - start)
-            await long_task
-            return statistics.median(lat)
-
-    return asyncio.run(overlapped()) / solo
+    during, _ = asyncio.run(during_long(url, short, {**long, "seed": 1}))
+    return during / solo
 
 
 def measure(runtime: str, args: argparse.Namespace, log: Path) -> dict[str, float]:
