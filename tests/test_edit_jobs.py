@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import base64
 import json
-import signal
 import time
 from pathlib import Path
 from typing import Any
@@ -31,7 +30,7 @@ from model.images import encode_png
 
 from .job_stores import Stores, redis_url, store, stores  # noqa: F401  (fixtures)
 from .test_jobs_api import server, sse_events, wait_status
-from .test_jobs_replicas import SETTINGS, images, wait_job
+from .test_jobs_replicas import SETTINGS, images, post_then_kill, wait_job
 from .test_process import serve_process
 from .webhook_receiver import SECRET, receiver
 
@@ -239,10 +238,7 @@ def test_kill_9_of_a_sqlite_replica_mid_variations_job_then_restart(tiny_checkpo
     env = {**SETTINGS, "data_dir": str(tmp_path / "data")}
     body = {"n": 12, "steps": 100, "t": 90, "seed": 77}  # 10 shared steps, then 12 x 90, one row at a time
     with serve_process(tiny_checkpoint, tmp_path / "first.log", **env) as (url, proc):
-        job = httpx.post(f"{url}/v1/jobs", json={"kind": "variations", **body}, timeout=10).json()
-        wait_job(url, job["id"], ("running",))
-        proc.send_signal(signal.SIGKILL)
-        proc.wait(10)
+        job = post_then_kill(url, proc, {"kind": "variations", **body}, "running")
     with serve_process(tiny_checkpoint, tmp_path / "second.log", **env) as (url, _):
         done = wait_job(url, job["id"], ("succeeded", "failed"))
         assert done["status"] == "succeeded" and done["attempts"] == 2, done

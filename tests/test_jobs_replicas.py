@@ -16,6 +16,7 @@ import subprocess
 import threading
 import time
 from collections import Counter, defaultdict
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import ExitStack
 from pathlib import Path
@@ -51,6 +52,19 @@ def wait_job(url: str, job_id: str, statuses: tuple[str, ...], timeout: float = 
             return job
         assert time.monotonic() < deadline, f"job still {job['status']}"
         time.sleep(0.05)
+
+
+def post_then_kill(url: str, proc: subprocess.Popen[bytes], body: dict[str, Any], status: str,
+                   before_kill: Callable[[str], None] | None = None) -> dict[str, Any]:
+    """Queue a job on the replica at ``url``, wait until it is ``status`` (and ``before_kill(url)``
+    returns), then kill -9 the replica."""
+    job = httpx.post(f"{url}/v1/jobs", json=body, timeout=10).json()
+    wait_job(url, job["id"], (status,))
+    if before_kill is not None:
+        before_kill(url)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait(10)
+    return job
 
 
 def images(url: str, job: dict[str, Any]) -> list[bytes]:
@@ -99,12 +113,8 @@ def test_a_pending_webhook_survives_kill_9_redis(tiny_checkpoint: Path, tmp_path
         redis_url = stack.enter_context(redis_server(tmp_path / "redis"))
         env = {**HOOKS, "redis_url": redis_url}
         first, proc = stack.enter_context(serve_process(tiny_checkpoint, tmp_path / "a.log", **env))
-        job = httpx.post(f"{first}/v1/jobs", json={"steps": 3, "webhook": f"http://127.0.0.1:{port}/hook"},
-                         timeout=10).json()
-        wait_job(first, job["id"], ("succeeded",))
-        attempted_once(first)
-        proc.send_signal(signal.SIGKILL)
-        proc.wait(10)
+        job = post_then_kill(first, proc, {"steps": 3, "webhook": f"http://127.0.0.1:{port}/hook"}, "succeeded",
+                             attempted_once)
         assert redis.Redis.from_url(redis_url).zcard("ddpm:outbox") == 1
         second, _ = stack.enter_context(serve_process(tiny_checkpoint, tmp_path / "b.log", **env))
         delivered(port, job["id"])
@@ -118,12 +128,8 @@ def test_a_pending_webhook_survives_kill_9_sqlite(tiny_checkpoint: Path, tmp_pat
     port = free_port()
     env = {**HOOKS, "data_dir": str(tmp_path / "data")}
     with serve_process(tiny_checkpoint, tmp_path / "first.log", **env) as (url, proc):
-        job = httpx.post(f"{url}/v1/jobs", json={"steps": 3, "webhook": f"http://127.0.0.1:{port}/hook"},
-                         timeout=10).json()
-        wait_job(url, job["id"], ("succeeded",))
-        attempted_once(url)
-        proc.send_signal(signal.SIGKILL)
-        proc.wait(10)
+        job = post_then_kill(url, proc, {"steps": 3, "webhook": f"http://127.0.0.1:{port}/hook"}, "succeeded",
+                             attempted_once)
     with serve_process(tiny_checkpoint, tmp_path / "second.log", **env) as (url, _):
         delivered(port, job["id"])
         assert counter(url, "ddpm_webhook_deliveries_total", 'outcome="delivered"') == 1
@@ -160,10 +166,7 @@ def test_kill_9_of_one_of_two_replicas_sharing_redis(tiny_checkpoint: Path, tmp_
 def test_kill_9_of_a_sqlite_replica_then_restart(tiny_checkpoint: Path, tmp_path: Path) -> None:
     env = {**SETTINGS, "data_dir": str(tmp_path / "data")}
     with serve_process(tiny_checkpoint, tmp_path / "first.log", **env) as (url, proc):
-        job = httpx.post(f"{url}/v1/jobs", json=BODY, timeout=10).json()
-        wait_job(url, job["id"], ("running",))
-        proc.send_signal(signal.SIGKILL)
-        proc.wait(10)
+        job = post_then_kill(url, proc, BODY, "running")
     with serve_process(tiny_checkpoint, tmp_path / "second.log", **env) as (url, _):
         done = wait_job(url, job["id"], ("succeeded", "failed"))
         assert done["status"] == "succeeded" and done["attempts"] == 2, done
