@@ -31,14 +31,14 @@ def main() -> None:
         return EvalOptions(checkpoint=args.checkpoint, out=Path("/tmp/ddpm-bench-quality"), dtype=dtype,
                            samples=args.samples, bpd_images=0, seed=seed * 1_000_003, rows=DEFAULT_ROWS)
 
-    runs = interleaved(args.dtypes, args.seeds, options)
+    runs = eval_runs(args.dtypes, args.seeds, options)
     table = summarize(runs, args.dtypes)
     print(markdown(table, args.dtypes, len(args.seeds), args.samples))
     write_json(args.out, {"machine": machine(), "samples": args.samples, "seeds": args.seeds,
                           "runs": runs, "table": table})
 
 
-def interleaved(columns: list[str], seeds: list[int],
+def eval_runs(columns: list[str], seeds: list[int],
                 options: Callable[[str, int], EvalOptions]) -> list[dict[str, Any]]:
     """Every column's eval for each seed in turn, so load drifts hit every column alike; one run
     per (column, seed, row), the column under the key "dtype" that ``summarize`` groups by."""

@@ -14,7 +14,7 @@ import argparse
 from pathlib import Path
 
 from bench.common import machine, write_json
-from bench.quality import interleaved, markdown, summarize
+from bench.quality import eval_runs, markdown, summarize
 from training.evaluate import EvalOptions
 
 ROWS = (("ddim", 50), ("ddim", 20), ("ddim", 10), ("dpmpp_2m", 20), ("dpmpp_2m", 10))
@@ -34,7 +34,7 @@ def main() -> None:
         return EvalOptions(out=Path("/tmp/ddpm-bench-runtime-quality"), device="cpu", dtype=dtype or "float32",
                            runtime=runtime, samples=args.samples, bpd_images=0, seed=seed * 1_000_003, rows=ROWS)
 
-    runs = interleaved(args.runtimes, args.seeds, options)
+    runs = eval_runs(args.runtimes, args.seeds, options)
     table = summarize(runs, args.runtimes)
     print(markdown(table, args.runtimes, len(args.seeds), args.samples))
     write_json(args.out, {"machine": machine(), "samples": args.samples, "seeds": args.seeds,
