@@ -112,10 +112,6 @@ class JobPump:
         """Look for work now (a job was just queued on this replica)."""
         self._events.put(("wake", "", None))
 
-    def pause(self) -> None:
-        """Claim nothing more (draining); held jobs run on."""
-        self._claiming.clear()
-
     @property
     def held(self) -> int:
         return len(self._held)

@@ -69,10 +69,6 @@ def _idem_key(owner: str, key: str) -> str:
     return f"ddpm:idem:{owner}:{hashlib.sha256(key.encode()).hexdigest()}"
 
 
-def _text(value: bytes | None) -> str | None:
-    return value.decode() if value is not None else None
-
-
 def _job(h: dict[bytes, bytes], position: int | None = None) -> Job:
     f = {k.decode(): v.decode() for k, v in h.items()}
     progress, error = f.get("progress"), f.get("error")
