@@ -25,6 +25,12 @@ COUNTED_PATHS = {"/generate": "native", "/generate/stream": "native", "/v1/image
                  **{f"/v1/{kind}{stream}": "native" for kind in ("edits", "interpolations", "variations")
                     for stream in ("", "/stream")}}
 PROTECTED_PREFIXES = ("/generate", "/v1/")  # health, metrics, the page and the docs stay open
+# A refused body is read and dropped up to this size before the 413 goes out (nginx's lingering
+# close does the same): closing a socket with unread bytes makes the kernel send a reset, which
+# can destroy the 413 before a proxy streaming the body (ingress-nginx with request buffering
+# off) has read it, and the client sees a 502. Slow senders are cut by the edge's body-rate
+# floor (app/edge.py); a body larger than this gets its 413 at once and the connection closed.
+DRAIN_MAX_BYTES = 1024 * 1024
 
 
 class RequestContext:
@@ -32,7 +38,8 @@ class RequestContext:
 
     - every response carries ``X-Request-ID`` (the client's, when it sent a sane one);
     - a body over ``max_body_bytes`` gets 413, by its Content-Length or, for a chunked body,
-      as soon as the bytes received pass the limit;
+      as soon as the bytes received pass the limit; the rest of it is read and dropped first
+      (up to ``DRAIN_MAX_BYTES``) so that the answer is not lost to a connection reset;
     - every ``/generate`` request is counted by the outcome the client saw and its sampler: the
       HTTP status, or for a stream that already answered 200, the status of its ``error`` event
       (a handler records it as ``request.state.outcome``).
@@ -70,6 +77,8 @@ class RequestContext:
             if message["type"] == "http.request":
                 received += len(message.get("body", b""))
                 if received > limit:
+                    if message.get("more_body"):
+                        await drain(receive, DRAIN_MAX_BYTES)
                     raise HTTPException(413, f"request body exceeds max_body_bytes={limit}")
             return message
 
@@ -82,7 +91,9 @@ class RequestContext:
                 detail = (f"request body of {length} bytes exceeds max_body_bytes={limit}" if length > 0
                           else "invalid Content-Length")
                 code = 413 if length > 0 else 400
-                response = JSONResponse({"detail": detail}, status_code=code, headers={"Connection": "close"})
+                drained = 0 < length <= DRAIN_MAX_BYTES and await drain(receive, length)
+                response = JSONResponse({"detail": detail}, status_code=code,
+                                        headers={} if drained else {"Connection": "close"})
                 await response(scope, receive, send_with_id)
             else:
                 await self.app(scope, limited_receive, send_with_id)
@@ -94,6 +105,19 @@ class RequestContext:
                 self.metrics.requests.labels(api=api, status=str(outcome), sampler=sampler).inc()
                 log.info("request_id=%s %s status=%d sampler=%s seconds=%.3f", request_id, scope["path"],
                          outcome, sampler, time.perf_counter() - start)
+
+
+async def drain(receive: Receive, budget: int) -> bool:
+    """Read and drop the rest of a refused request body, at most ``budget`` bytes; whether it
+    all arrived (then the connection can even stay open)."""
+    while budget >= 0:
+        message = await receive()
+        if message["type"] != "http.request":
+            return False
+        budget -= len(message.get("body", b""))
+        if not message.get("more_body", False):
+            return budget >= 0
+    return False
 
 
 class ApiKeyAuth:

@@ -293,6 +293,39 @@ def test_oversized_headers_get_431_naming_the_problem(server: tuple[str, int, Pa
     assert b"application/json" in data and b"invalid HTTP request" in data
 
 
+def test_an_oversized_body_sent_after_its_headers_is_read_and_refused_without_a_reset(
+        server: tuple[str, int, Path]) -> None:
+    """A proxy streaming a body (ingress-nginx with request buffering off) sends the headers, then
+    the body. If the 413 went out and the socket closed before the body arrived, the body's bytes
+    met a closed socket, the kernel answered with a reset, and the proxy's next write failed: its
+    client got a 502 instead of the 413 (as it did in CI). The refused body is read first."""
+    url, _, _ = server
+    body = b'{"pad": "' + b"x" * 19_990 + b'"}'
+    with connect(url) as sock:
+        sock.sendall(b"POST /generate HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                     b"Content-Length: %d\r\n\r\n" % len(body))
+        time.sleep(0.3)  # the old server had answered and closed by now
+        for start in range(0, len(body), 5000):
+            sock.sendall(body[start:start + 5000])  # a reset makes one of these raise
+            time.sleep(0.05)
+        refused = read_response(sock)
+        sock.sendall(PIPELINED)  # the body was read whole, so the connection is still usable
+        after = read_response(sock)
+    assert refused.startswith(b"HTTP/1.1 413 ") and b"max_body_bytes=16384" in refused, refused[:300]
+    assert after.startswith(b"HTTP/1.1 200 "), after[:300]
+
+
+def test_a_body_too_large_to_drain_is_refused_at_once_and_the_connection_closed(
+        server: tuple[str, int, Path]) -> None:
+    url, _, _ = server
+    with connect(url) as sock:
+        sock.sendall(b"POST /generate HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                     b"Content-Length: 100000000\r\n\r\n" + b"x" * 1000)
+        data, closed = read_until_closed(sock, 5)
+    assert closed and data.startswith(b"HTTP/1.1 413 ") and b"max_body_bytes=16384" in data, data[:300]
+    assert b"connection: close" in data.lower()
+
+
 def test_connections_accepted_on_the_served_socket_have_nagle_off() -> None:
     """The listening socket is bound before the model loads (app.main.bind); asyncio turns Nagle's
     algorithm off on the connections it accepts only if that socket says it is TCP. When it did
