@@ -8,7 +8,7 @@ import pytest
 
 from model import load_checkpoint
 from model.runtimes import export as export_module
-from model.runtimes.rewrites import affine_as_depthwise_conv, optimise, static_reshapes
+from model.runtimes.rewrites import affine_as_depthwise_conv, optimise, static_reshapes, swap_last_axes
 
 onnx = pytest.importorskip("onnx")
 ort = pytest.importorskip("onnxruntime")
@@ -35,11 +35,15 @@ def test_every_group_norm_is_rewritten_and_the_outputs_keep_every_bit(raw_graph:
     counts = optimise(rewritten)
     onnx.checker.check_model(rewritten, full_check=True)
     ops = [n.op_type for n in rewritten.graph.node]
-    norms = ops.count("InstanceNormalization")
-    assert norms == 41 and counts == {"affine_as_depthwise_conv": norms, "static_reshapes": norms}
+    norms, attentions = ops.count("InstanceNormalization"), ops.count("Softmax")
+    assert (norms, attentions) == (41, 6)
+    assert counts == {"affine_as_depthwise_conv": norms, "static_reshapes": norms, "swap_last_axes": attentions}
     before = [n.op_type for n in raw_graph.graph.node]  # type: ignore[attr-defined]
-    assert before.count("Shape") - ops.count("Shape") == norms
     assert before.count("Mul") - ops.count("Mul") == norms and before.count("Add") - ops.count("Add") == norms
+    # Every Reshape's target is now a constant: no shape arithmetic is left to run per call.
+    constants = {init.name for init in rewritten.graph.initializer}
+    assert all(n.input[1] in constants for n in rewritten.graph.node if n.op_type == "Reshape")
+    assert "Shape" not in ops and "Concat" in before and len(ops) < len(before) - 2 * norms - 6 * attentions
     assert depthwise_convs(rewritten) == norms and depthwise_convs(raw_graph) == 0
     g = np.random.default_rng(0)
     for batch in (1, 5, 16):
@@ -105,3 +109,35 @@ def test_a_reshape_to_a_runtime_shape_becomes_static_only_when_it_keeps_the_data
     assert static_reshapes(model) == int(rewritten)
     assert ("Shape" in [n.op_type for n in model.graph.node]) != rewritten  # type: ignore[attr-defined]
     np.testing.assert_array_equal(run(model, feeds), expected)
+
+
+def transpose_dance(final_perm: list[int]) -> object:
+    """k.transpose(-2, -1) as the exporter writes it for k of shape (n, 1, 4, 3): fold to
+    (-1, 4, 3) with a target computed from Shape(k), Transpose, unfold to (n, 1, 3, 4)."""
+    inits = [numpy_helper.from_array(np.array(v, np.int64), name) for name, v in
+             (("minus1", [-1]), ("minus2", [-2]), ("first", [-(2**63)]), ("end", [2**63 - 1]))]
+    nodes = [helper.make_node("Shape", ["k"], ["shape"]),  # the exporter's nodes, in its order
+             helper.make_node("Slice", ["shape", "minus1", "end"], ["cols"]),
+             helper.make_node("Slice", ["shape", "minus2", "minus1"], ["rows"]),
+             helper.make_node("Slice", ["shape", "first", "minus2"], ["head"]),
+             helper.make_node("Concat", ["minus1", "rows", "cols"], ["folded_shape"], axis=0),
+             helper.make_node("Reshape", ["k", "folded_shape"], ["folded"]),
+             helper.make_node("Transpose", ["folded"], ["swapped"], perm=final_perm),
+             helper.make_node("Concat", ["head", "cols", "rows"], ["back_shape"], axis=0),
+             helper.make_node("Reshape", ["swapped", "back_shape"], ["y"])]
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("k", TensorProto.FLOAT, ["n", 1, 4, 3])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)], inits)
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 20)])
+
+
+@pytest.mark.parametrize(("perm", "rewritten"), [([0, 2, 1], True), ([1, 0, 2], False)])
+def test_a_transpose_of_the_last_two_axes_through_folds_becomes_one_transpose(perm: list[int], rewritten: bool) -> None:
+    model = transpose_dance(perm)
+    k = np.arange(24, dtype=np.float32).reshape(2, 1, 4, 3)
+    if rewritten:
+        np.testing.assert_array_equal(run(model, {"k": k}), k.swapaxes(-1, -2))
+    assert swap_last_axes(model) == int(rewritten)
+    ops = [n.op_type for n in model.graph.node]  # type: ignore[attr-defined]
+    assert (ops == ["Transpose"]) == rewritten  # and the shape arithmetic went with the folds
+    if rewritten:
+        np.testing.assert_array_equal(run(model, {"k": k}), k.swapaxes(-1, -2))
