@@ -11,6 +11,7 @@ Sections (every candidate timed in alternation with the others, medians and rati
   cifar    the paper's CIFAR-10 network at batch 1, 8, 32 (all CPUs): today's best eager torch
            path (bf16 channels_last) and fp32 channels_last, against ONNX Runtime fp32 and
            OpenVINO in f32 and bf16;
+  cifar-server  the CIFAR-10 network served in bf16 by PyTorch and by OpenVINO (bench/runtime_server.py);
   server   the embedded model served with each runtime (bench/runtime_server.py), rounds
            alternating the runtimes: idle latency, images/s at 16 clients, one-at-a-time
            images/s, the offline sampler, a short request during a long one.
@@ -183,6 +184,12 @@ def server(args: argparse.Namespace) -> dict:
     return {"rounds": rounds, "median": summary}
 
 
+def cifar_server(args: argparse.Namespace) -> dict:
+    from bench.runtime_server import cifar_served
+
+    return {"rounds": cifar_served(args, Path("/tmp/ddpm-bench-runtime-server.log"))}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--sections", nargs="+", default=["network", "cifar", "server"])
@@ -195,12 +202,15 @@ def main() -> None:
     parser.add_argument("--clients", type=int, default=16)
     parser.add_argument("--steps", type=int, default=50)
     parser.add_argument("--requests-each", type=int, default=6)
+    parser.add_argument("--cifar-clients", type=int, default=8)
+    parser.add_argument("--cifar-steps", type=int, default=20)
     parser.add_argument("--out", default=None)
     args = parser.parse_args()
     print(f"machine: {machine()}", flush=True)
     results: dict[str, object] = {"machine": machine(), "args": vars(args)}
     for section in args.sections:
-        results[section] = {"network": network, "cifar": cifar, "server": server}[section](args)
+        results[section] = {"network": network, "cifar": cifar, "server": server,
+                            "cifar-server": cifar_server}[section](args)
         write_json(args.out, results)  # after each section, so a long run keeps what it has
 
 

@@ -68,3 +68,30 @@ def measure(runtime: str, args: argparse.Namespace, log: Path) -> dict[str, floa
         row["one_at_a_time_images_per_s"], _ = asyncio.run(
             closed_loop(url, args.clients, max(1, args.requests_each // 4), body))
     return row
+
+
+# The paper's CIFAR-10 network (random weights) served by each engine `auto` could pick for it
+# on a CPU with native bf16: PyTorch's bf16 and OpenVINO's bf16 on the exported graph.
+CIFAR_ENGINES = {"torch_bf16": {"runtime": "torch", "dtype": "bfloat16"},
+                 "openvino_bf16": {"runtime": "openvino", "dtype": "bfloat16"}}
+
+
+def cifar_served(args: argparse.Namespace, log: Path) -> dict[str, list[dict[str, float]]]:
+    """Images/s at ``args.cifar_clients`` one-image requests and idle latency, engines alternating."""
+    from bench.runtime import paper_unet
+    from model import ModelConfig
+    from model.checkpoint import save_checkpoint
+
+    unet = paper_unet()
+    checkpoint = Path(tempfile.gettempdir()) / "ddpm-bench-cifar10-random.safetensors"
+    save_checkpoint(checkpoint, unet, ModelConfig(name="paper-cifar10-random", unet=unet.config))
+    body = {"n": 1, "steps": args.cifar_steps, "sampler": "ddim"}
+    rounds: dict[str, list[dict[str, float]]] = {name: [] for name in CIFAR_ENGINES}
+    for i in range(args.server_rounds):
+        for name in CIFAR_ENGINES if i % 2 == 0 else reversed(CIFAR_ENGINES):
+            with server(checkpoint, log, onnx_cache_dir=CACHE, max_batch=16, **CIFAR_ENGINES[name]) as url:
+                idle = idle_latency(url, body, 3)
+                ips, lat = asyncio.run(closed_loop(url, args.cifar_clients, 3, body))
+            rounds[name].append({"idle_s": idle, "images_per_s": ips, "p50_s": statistics.median(lat)})
+            print(f"CIFAR-10 served, round {i}, {name}: {rounds[name][-1]}", flush=True)
+    return rounds

@@ -231,10 +231,16 @@ def test_auto_picks_onnxruntime_for_the_small_network_on_a_cpu() -> None:
 ])
 def test_auto_rule(kwargs: dict, name: str, why: str, monkeypatch: pytest.MonkeyPatch) -> None:
     args = {"device": CPU, "dtype": "auto", "gflops_per_image": 0.05, "compile": False, **kwargs}
-    if name == "?":  # a large network: torch's bf16 where it is native, else ONNX Runtime in fp32
-        for native, expected in ((True, "torch"), (False, "onnxruntime")):
+    if name == "?":  # a large network: bf16 where it is native (OpenVINO's if installed), else ONNX Runtime
+        for native, openvino, expected in ((True, True, "openvino"), (True, False, "torch"),
+                                           (False, True, "onnxruntime"), (False, False, "onnxruntime")):
             monkeypatch.setattr("model.device.cpu_has_fast_bf16", lambda native=native: native)
-            assert choose_runtime("auto", **args).name == expected
+            monkeypatch.setattr(choice_module, "installed", lambda rt, openvino=openvino: rt != "openvino" or openvino)
+            choice = choose_runtime("auto", **args)
+            assert choice.name == expected, (native, openvino)
+            assert ("ddpm-serve[openvino]" in choice.reason) == (expected == "torch")  # the hint
+            if expected == "openvino":
+                assert choice_module.runtime_dtype(choice, "auto", CPU, 12.0) == torch.bfloat16
         return
     choice = choose_runtime("auto", **args)
     assert (choice.name, why in choice.reason) == (name, True)

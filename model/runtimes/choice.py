@@ -10,11 +10,13 @@ DDPM_DTYPE rule of ``model.device.resolve_dtype``):
     operators with a fraction of PyTorch eager's per-operator cost, 2.1-2.3x faster per call for
     the embedded network at batch 1 on a quiet machine (more under contention), 1.5-2x at 16,
     1.15-1.5x at 64;
-  - where PyTorch runs bf16 natively (1 GFLOP per image or more, AVX512-BF16 or AMX), PyTorch
-    stays: ONNX Runtime has only fp32 there and lost to PyTorch's bf16 in 5 of 6 cells (batch 1,
-    8, 32, two runs) on the CIFAR-10 network. OpenVINO's bf16 (``runtime="openvino",
-    dtype="bfloat16"``) beat it at batch 1 (1.8-1.9x) and 32 (1.1-1.2x) but lost 1.5x at 8 in
-    one of two runs, and its quality on that network is unmeasured: an explicit choice for now;
+  - where PyTorch runs bf16 natively (1 GFLOP per image or more, AVX512-BF16 or AMX), OpenVINO
+    in bf16 when it is installed (the ``openvino`` extra), else PyTorch's bf16: ONNX Runtime has
+    only fp32 there and lost to PyTorch's bf16 in 7 of 9 cells (CIFAR-10 network, batch 1, 8, 32,
+    three runs), while OpenVINO's bf16 beat PyTorch's in 8 of 9 (1.25-2.4x per image on a quiet
+    machine, all three cells) and served 1.3x the images/s at 8 clients with 2x lower idle
+    latency; its outputs are as close to fp32 as PyTorch's bf16 (within 1e-3 on that network;
+    on the digits network closer, 97.5 % of pixels within one level against 93 %);
   - on a GPU PyTorch stays (bf16 and CUDA graphs; bench/gpu.sh measures ONNX Runtime's CUDA
     provider beside it where a GPU is lent);
   - OpenVINO in fp32 lost to ONNX Runtime in every cell but one (CIFAR-10 batch 8, within 4 %),
@@ -33,7 +35,7 @@ from typing import Protocol
 import torch
 
 from ..config import ModelConfig
-from ..device import resolve_dtype
+from ..device import is_small, resolve_dtype
 from ..runner import Denoiser
 from ..unet import UNet
 
@@ -104,9 +106,13 @@ def choose_runtime(requested: str, *, device: torch.device, dtype: str | torch.d
     if not installed("onnxruntime"):
         return RuntimeChoice("torch", "auto", f"onnxruntime is not installed ({EXTRA})")
     torch_dtype = resolve_dtype(dtype, device, gflops_per_image)
+    if torch_dtype == torch.bfloat16 and not is_small(gflops_per_image) and installed("openvino"):
+        return RuntimeChoice("openvino", "auto", "bfloat16 on a CPU that runs it natively: OpenVINO runs the "
+                                                 "exported graph in bfloat16 faster than PyTorch does")
     if torch_dtype != torch.float32:
+        why = "" if is_small(gflops_per_image) else f"; OpenVINO would run it faster ({EXTRA})"
         return RuntimeChoice("torch", "auto", f"PyTorch runs this network in {_name(torch_dtype)} natively, "
-                                              "faster than ONNX Runtime in float32")
+                                              f"faster than ONNX Runtime in float32{why}")
     size = f"{gflops_per_image:.3g} GFLOP/image" if gflops_per_image is not None else "float32"
     return RuntimeChoice("onnxruntime", "auto", f"float32 on a CPU ({size}): ONNX Runtime dispatches "
                                                 "the network's operators with less overhead than PyTorch eager")

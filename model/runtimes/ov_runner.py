@@ -1,8 +1,9 @@
 """The denoiser on OpenVINO's CPU runtime, from the same ONNX graph; the contract of ``Denoiser``.
 
-Measured beside ONNX Runtime (docs/benchmarks.md, "ONNX Runtime"); ``auto`` never picks it
-unless those numbers say it wins. Precision is pinned to f32: on a CPU with native bf16
-OpenVINO would otherwise run bf16 silently, which is a precision choice, not a runtime one.
+Measured beside ONNX Runtime (docs/benchmarks.md, "ONNX Runtime"): in f32 it lost everywhere,
+in bf16 it is the fastest engine for a large network on a CPU with native bf16, where ``auto``
+picks it. Precision is pinned (``precision``, f32 unless asked): on such a CPU OpenVINO would
+otherwise run bf16 silently, which is a precision choice, not a runtime one.
 """
 
 from __future__ import annotations
