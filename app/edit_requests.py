@@ -287,6 +287,8 @@ def prepare_variations(service: Service, body: VariationBody) -> Built | FirstPh
     t = model.config.diffusion.num_timesteps // 2 if body.t is None else body.t
     base = resolve(body.params(1), service)
     seed = base.seeds[0]
+    if seed + body.n > MAX_SEED:  # the continuations report seed + 1 .. seed + n
+        raise InvalidRequest("seed", f"seed + n must be <= {MAX_SEED} (continuation i uses seed + 1 + i)")
     r = with_seeds(base, [seed + 1 + i for i in range(body.n)])
     prefix_plan, cont = variation_plans(model, t=t, steps=r.steps, sampler=r.sampler, eta=r.eta)
     if prefix_plan is None:  # t = T: nothing is shared but x_T itself

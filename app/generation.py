@@ -62,8 +62,9 @@ def resolve(params: GenerationParams, service: Service) -> Resolved:
     """Fill in the defaults and draw a seed when none is given (image i uses seed + i)."""
     n = params.n
     if params.seed is None:
-        # Below the schema's own bound, so that a drawn seed can be sent back with any n.
-        seed = secrets.randbelow(MAX_SEED - (service.plan.admissible_images - 1) + 1)
+        # Room for the largest request's images after it (variations' continuations start at
+        # seed + 1), so that a drawn seed can be sent back with any n.
+        seed = secrets.randbelow(MAX_SEED - service.plan.admissible_images + 1)
     elif params.seed + n - 1 > MAX_SEED:
         raise InvalidRequest("seed", f"seed + n - 1 must be <= {MAX_SEED}")
     else:

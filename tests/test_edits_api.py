@@ -196,6 +196,14 @@ def test_an_image_over_the_pixel_cap_is_a_413(client: httpx.Client) -> None:
     assert r.status_code == 422 and "stochastic" in r.text
 
 
+def test_variations_refuse_continuation_seeds_past_the_json_safe_bound(client: httpx.Client) -> None:
+    """Continuations report seed + 1 .. seed + n; one past 2**53 - 1 once came back in the answer."""
+    r = client.post("/v1/variations", json={"n": 2, "seed": 2**53 - 2, "steps": 4})
+    assert r.status_code == 422 and "seed + n must be <= 9007199254740991" in r.text
+    r = client.post("/v1/variations", json={"n": 2, "seed": 2**53 - 3, "steps": 4, "response_format": "base64"})
+    assert r.status_code == 200 and [im["seed"] for im in r.json()["images"]] == [2**53 - 2, 2**53 - 1]
+
+
 
 def test_editing_limits_are_settings_enforced_at_their_edge(tiny_checkpoint: Path) -> None:
     """DDPM_MAX_IMAGE_PIXELS, DDPM_MAX_JUMPS and DDPM_MAX_FRAMES: at the limit served, one past it

@@ -26,9 +26,9 @@ from typing import Annotated, Literal
 from fastapi import UploadFile
 from pydantic import BaseModel, ConfigDict, Field
 
-from model import MAX_SEED
 from model.modes import SamplerName
 
+from ..generation import MAX_SEED  # the native APIs' bound (JSON-safe integers), not the generator's
 from .request import DEFAULT_MAX_PROMPT_CHARS, MAX_NAME_CHARS, MAX_USER_CHARS, Background, OutputFormat, Quality
 
 DEFAULT_VARIATION_STRENGTH = 0.5  # SDEdit from t = T/2: the digit's shape kept, its strokes redrawn
