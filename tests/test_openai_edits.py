@@ -223,3 +223,18 @@ def test_alpha_below_128_is_edit_and_colours_are_ignored() -> None:
         native_mask(png(np.zeros((2, 2), np.uint8)), ImageLimits())
     with pytest.raises(ValueError, match="exceed the limit of 3"):
         native_mask(png(rgba), ImageLimits(max_pixels=3))
+
+
+def test_a_form_the_native_body_refuses_is_a_400_naming_the_field_not_a_500() -> None:
+    """Defence in depth behind the form's own bounds: were they ever wider than the native
+    body's again (the seed's once was), the request is refused naming the field."""
+    from types import SimpleNamespace
+
+    from app.errors import InvalidRequest
+    from app.openai.edit_forms import ImageForm
+    from app.openai.edits import native_body
+
+    form = ImageForm.model_construct(seed=2**60, guidance=None, steps=None, sampler=None, eta=None, resize=True)
+    with pytest.raises(InvalidRequest) as info:
+        native_body(form, SimpleNamespace(n=1, label=None), "aW1hZ2U=", None)  # type: ignore[arg-type]
+    assert info.value.field == "seed" and "9007199254740991" in str(info.value)

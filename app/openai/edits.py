@@ -22,6 +22,7 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Form, Request
 from fastapi.responses import JSONResponse, StreamingResponse
+from pydantic import ValidationError
 from starlette.concurrency import run_in_threadpool
 
 from model.editing import DEFAULT_INPAINT_STRENGTH, DEFAULT_SDEDIT_STRENGTH
@@ -63,9 +64,16 @@ async def read_inputs(service: Service, form: ImageForm, mask: bytes | None, *,
 
 
 def native_body(form: ImageForm, plan: ImagesPlan, image: str, mask: str | None, **edit: Any) -> EditBody:
-    return EditBody(image=image, mask=mask, n=plan.n, seed=form.seed, label=plan.label, guidance=form.guidance,
-                    steps=form.steps, sampler=form.sampler, eta=form.eta, resize=form.resize,
-                    response_format="base64", **edit)
+    """The native edit the form asks for. The form's own schema should refuse everything the
+    native body would; should the two ever disagree (a seed bound once did), the client still
+    gets a 400 naming the field, not a 500."""
+    try:
+        return EditBody(image=image, mask=mask, n=plan.n, seed=form.seed, label=plan.label, guidance=form.guidance,
+                        steps=form.steps, sampler=form.sampler, eta=form.eta, resize=form.resize,
+                        response_format="base64", **edit)
+    except ValidationError as exc:
+        error = exc.errors()[0]
+        raise InvalidRequest(".".join(str(part) for part in error["loc"]), error["msg"]) from exc
 
 
 async def answer(service: Service, request: Request, plan: ImagesPlan, body: EditBody,
