@@ -7,8 +7,8 @@ of a [16, 64, 2, 2] tensor and a [64, 1, 1] one takes ~6 us where a same-shape `
 0.5 us. GroupNorm, exported at opset 20 as Reshape -> InstanceNormalization -> Reshape -> Mul ->
 Add, pays two of them each time (41 times per call); every other operator costs 2-3 us however
 little it does. The rewrites below leave every output bit as it was (tests/test_onnx_rewrites.py)
-and together make a call of the embedded network 1.13-1.18x faster at batch 1, 16 and 64
-(docs/benchmarks.md, "Rewriting the graph"):
+and together make a call of the embedded network 1.18-1.28x faster at batch 1, 1.15x at 16 and
+1.13x at 64 (``python -m bench.rewrites``; docs/benchmarks.md, "Where the targets stand"):
 
 - ``affine_as_depthwise_conv``: GroupNorm's per-channel affine, ``Mul(gamma)`` then
   ``Add(beta)``, becomes one 1x1 depthwise ``Conv`` (weight gamma, bias beta), which the
@@ -18,7 +18,7 @@ and together make a call of the embedded network 1.13-1.18x faster at batch 1, 1
   constant ``[0, C, H, W]`` (0 copies the batch), and the ``Shape`` node goes: 2-3 %;
 - ``swap_last_axes``: attention's ``k.transpose(-2, -1)``, exported as a fold of the leading
   axes, a transpose and an unfold, both targets computed at run time by nine nodes of shape
-  arithmetic, becomes one Transpose: 7 % at batch 1, 1-2 % at 16 and 64.
+  arithmetic, becomes one Transpose: 7-12 % at batch 1, 1-4 % at 16 and 64.
 
 A pattern that does not match exactly (another exporter's layout, an affine that is not a
 constant) is left as it was: a rewrite is an optimisation, never a requirement.
