@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import os
 
 # Before torch loads OpenMP: idle OpenMP threads sleep instead of spinning. The tests run a
@@ -64,6 +65,16 @@ def randomized_unet(config: UNetConfig, seed: int = 0) -> UNet:
 def tiny_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
     config = tiny_config()
     path = tmp_path_factory.mktemp("ckpt") / "tiny.safetensors"
+    save_checkpoint(path, randomized_unet(config.unet), config)
+    return path
+
+
+@pytest.fixture(scope="session")
+def long_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The tiny network with T = 10000 (the largest allowed): a request of that many steps runs
+    for seconds, long enough to drain, reload, cancel or kill a server in the middle of it."""
+    config = dataclasses.replace(tiny_config(), diffusion=DiffusionConfig(num_timesteps=10_000))
+    path = tmp_path_factory.mktemp("long") / "long.safetensors"
     save_checkpoint(path, randomized_unet(config.unet), config)
     return path
 

@@ -7,7 +7,6 @@ running (for seconds) when the page is reloaded or the job canceled.
 
 from __future__ import annotations
 
-import dataclasses
 import os
 import re
 import subprocess
@@ -22,9 +21,6 @@ import httpx
 import numpy as np
 import pytest
 
-from model import save_checkpoint
-from model.config import DiffusionConfig
-
 from .browser import (
     AUTH,
     KEY,
@@ -37,7 +33,6 @@ from .browser import (
     ready_page,
     wait,
 )
-from .conftest import randomized_unet, tiny_config
 from .live import free_port, wait_ready
 from .test_process import ROOT, serve_process
 
@@ -45,14 +40,6 @@ pytestmark = [pytest.mark.slow, pytest.mark.timeout(120), NEEDS_BROWSER]
 
 LONG_STEPS = 8000  # about 6 s for two images on one core: long enough to reload or cancel mid-job
 RESTART_STEPS = 3000  # on PyTorch, slower a step than ONNX Runtime: seconds too
-
-
-@pytest.fixture(scope="module")
-def long_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    config = dataclasses.replace(tiny_config(), diffusion=DiffusionConfig(num_timesteps=10_000))
-    path = tmp_path_factory.mktemp("jobs-page") / "long.safetensors"
-    save_checkpoint(path, randomized_unet(config.unet), config)
-    return path
 
 
 @pytest.fixture(scope="module")

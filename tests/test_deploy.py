@@ -327,7 +327,7 @@ def prometheus_bins() -> tuple[str, str]:
 
 
 @pytest.fixture(scope="module")
-def long_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
+def t1000_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The tiny test model with T = 1000: a 1000-step request then takes seconds, long enough to
     hold one replica busy while the test sends others (T = 100 would take a tenth of that)."""
     config = dataclasses.replace(tiny_config(), diffusion=DiffusionConfig(num_timesteps=1000))
@@ -337,15 +337,15 @@ def long_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="module")
-def replicas(long_checkpoint: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, str]]:
+def replicas(t1000_checkpoint: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, str]]:
     """Two real ``ddpm serve`` processes, as compose's ddpm and ddpm-1: the second one tiny
     (one row, no queue) so that a single running request fills it and the next one gets 429."""
     logs = tmp_path_factory.mktemp("replicas")
     with ExitStack() as stack:
         # PyTorch, not ONNX Runtime: its slower steps keep a request in flight long enough to watch.
-        url, _ = stack.enter_context(serve_process(long_checkpoint, logs / "ddpm.log", max_batch="8", threads="1",
+        url, _ = stack.enter_context(serve_process(t1000_checkpoint, logs / "ddpm.log", max_batch="8", threads="1",
                                                    runtime="torch"))
-        tiny, _ = stack.enter_context(serve_process(long_checkpoint, logs / "ddpm-1.log", max_batch="1",
+        tiny, _ = stack.enter_context(serve_process(t1000_checkpoint, logs / "ddpm-1.log", max_batch="1",
                                                     max_queue_images="0", threads="1", runtime="torch"))
         yield {REPLICA: url, TINY_REPLICA: tiny}
 
@@ -564,12 +564,12 @@ def test_nginx_forwards_the_host_with_its_port_so_result_urls_name_the_balancer(
 @pytest.mark.slow
 @pytest.mark.timeout(120)
 def test_nginx_passes_a_draining_replicas_503_with_retry_after_and_does_not_retry_it(
-        nginx_bin: str, long_checkpoint: Path, replicas: dict[str, str], tmp_path: Path) -> None:
+        nginx_bin: str, t1000_checkpoint: Path, replicas: dict[str, str], tmp_path: Path) -> None:
     # A third replica, draining after SIGTERM while a request it admitted still runs; nginx in
     # front of it and of the normal replica.
     with ExitStack() as stack:
         draining, proc = stack.enter_context(serve_process(
-            long_checkpoint, tmp_path / "draining.log", max_batch="1", threads="1", drain_timeout_s="60"))
+            t1000_checkpoint, tmp_path / "draining.log", max_batch="1", threads="1", drain_timeout_s="60"))
         direct = stack.enter_context(httpx.Client(timeout=60))
         # Three images on one row, one after the other: seconds of drain, ample for what follows.
         stream = stack.enter_context(direct.stream("POST", f"{draining}/generate/stream", json={**LONG, "n": 3}))

@@ -3,7 +3,6 @@ port, and schemathesis on the OpenAPI spec."""
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import os
 import shutil
@@ -20,9 +19,6 @@ from pathlib import Path
 import httpx
 import pytest
 
-from model import DiffusionConfig, save_checkpoint
-
-from .conftest import randomized_unet, tiny_config
 from .live import free_port, wait_ready
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -91,15 +87,6 @@ def test_sigterm_drains_without_losing_admitted_requests(tiny_checkpoint: Path, 
         proc.wait(30)
     output = log.read_text()
     assert "draining for up to 60s" in output and "all requests finished" in output
-
-
-@pytest.fixture(scope="module")
-def long_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The tiny network with T = 10000 (the largest allowed): a request of that many steps runs for seconds."""
-    config = dataclasses.replace(tiny_config(), diffusion=DiffusionConfig(num_timesteps=10_000))
-    path = tmp_path_factory.mktemp("long") / "long.safetensors"
-    save_checkpoint(path, randomized_unet(config.unet), config)
-    return path
 
 
 def sse_events(text: str) -> list[tuple[str, dict[str, object]]]:
