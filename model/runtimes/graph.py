@@ -4,11 +4,12 @@ rule, and the warm-up. Each runtime (ONNX Runtime, OpenVINO) adds only how it ru
 from __future__ import annotations
 
 import time
+from abc import ABC, abstractmethod
 
 import torch
 
 
-class GraphDenoiser:
+class GraphDenoiser(ABC):
     """The contract of ``model.runner.Denoiser`` for a network exported to ONNX: never compiled,
     no batch buckets, contiguous memory; ``conditional`` is read from the graph's inputs."""
 
@@ -35,8 +36,9 @@ class GraphDenoiser:
             return torch.full((x.shape[0],), self.null_label or 0, dtype=torch.int64, device=self.device)
         return labels
 
+    @abstractmethod
     def __call__(self, x: torch.Tensor, t: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
-        raise NotImplementedError
+        """The network's output for these rows; each runtime runs the graph its own way."""
 
     def warm_up(self, image_shape: tuple[int, int, int], conditional: bool) -> float:
         """Run the batch sizes the engine starts with once: the first run of each shape plans its
