@@ -7,7 +7,7 @@ import { bigJson } from './api.js';
 import { $, copyOptions, defined, el, numberOf, pixelImage, plural } from './dom.js';
 import { MaskPainter } from './mask.js';
 import { base64, encodePng, modelPixels } from './png.js';
-import { Panel, readRun } from './run.js';
+import { Panel } from './run.js';
 import { modelSized, SourcePicker } from './sources.js';
 
 const panel = () => state.panel;
@@ -111,11 +111,7 @@ async function edit(signal) {
     const after = [...$('edit-results').children].find((li) => Number(li.dataset.index) > index);
     $('edit-results').insertBefore(item, after ?? null);
   };
-  const done = await readRun(stream, {
-    onQueued: (position) => panel().queued(position),
-    onProgress: (data) => panel().progressed(data),
-    onImage: addImage,
-  });
+  const done = await panel().read(stream, addImage);
   done.images.forEach(addImage);
   panel().say(`Done: ${plural(done.images.length, 'image')}, ${done.steps} ${done.sampler} steps.`);
 }

@@ -5,7 +5,7 @@
 import { bigJson } from './api.js';
 import { $, copyOptions, defined, el, numberOf, pixelImage } from './dom.js';
 import { base64, encodePng, modelPixels } from './png.js';
-import { Panel, readRun } from './run.js';
+import { Panel } from './run.js';
 import { modelSized, SourcePicker } from './sources.js';
 
 const state = { api: null, card: null, panel: null, ends: {} };
@@ -83,11 +83,7 @@ async function interpolate(signal) {
     item.prepend(pixelImage(`data:image/png;base64,${png}`, `Frame ${index + 1} of ${frames}, lambda ${lambda}`, size));
   };
   const stream = await state.api.stream('v1/interpolations/stream', bigJson(fields), { signal });
-  const done = await readRun(stream, {
-    onQueued: (position) => state.panel.queued(position),
-    onProgress: (data) => state.panel.progressed(data),
-    onImage: addFrame,
-  });
+  const done = await state.panel.read(stream, addFrame);
   done.images.forEach(addFrame);
   strip.dataset.frames = String(strip.querySelectorAll('img').length);
   $('interp-caption').textContent = `a → b at t = ${fields.t} of ${state.card.timesteps}, encoder noise seed ` +

@@ -6,21 +6,6 @@ import { ApiError } from './api.js';
 import { $, clearErrorsIn, plural, showErrorIn } from './dom.js';
 
 /**
- * Reads a stream of /generate/stream's events to its `done` body; `image` events go to
- * `onImage` as they come. Rejects with ApiError for an `error` event.
- */
-export async function readRun(stream, { onQueued, onProgress, onImage } = {}) {
-  for await (const { event, data } of stream.events) {
-    if (event === 'queued') onQueued?.(data.position);
-    else if (event === 'progress') onProgress?.(data);
-    else if (event === 'image') await onImage?.(data);
-    else if (event === 'done') return data;
-    else if (event === 'error') throw new ApiError(data.status, [data.detail]);
-  }
-  throw new Error('the stream ended before the images were done');
-}
-
-/**
  * A panel's run state, on elements named `${prefix}-progress`, `-step-text`, `-status`,
  * `-errors`, `-run` and `-stop`; the panel element `prefix` carries data-state (idle, running,
  * done, failed, stopped) and data-events (progress events seen), for people and tests alike.
@@ -48,6 +33,22 @@ export class Panel {
     this.progress.value = step;
     this.stepText.textContent = `Step ${step} of ${steps}` + (n > 1 ? ` · ${done} of ${n} images done` : '');
     this.root.dataset.events = String(Number(this.root.dataset.events ?? 0) + 1);
+  }
+
+  /**
+   * Reads a stream of /generate/stream's events to its `done` body, showing its queue position
+   * and progress; `image` events go to `onImage` as they come. Rejects with ApiError for an
+   * `error` event.
+   */
+  async read(stream, onImage) {
+    for await (const { event, data } of stream.events) {
+      if (event === 'queued') this.queued(data.position);
+      else if (event === 'progress') this.progressed(data);
+      else if (event === 'image') await onImage?.(data);
+      else if (event === 'done') return data;
+      else if (event === 'error') throw new ApiError(data.status, [data.detail]);
+    }
+    throw new Error('the stream ended before the images were done');
   }
 
   queued(position) {

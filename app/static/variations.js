@@ -6,7 +6,7 @@
 import { $, copyOptions, defined, el, numberOf, pixelImage } from './dom.js';
 import { requestJson } from './api.js';
 import { alphaBar } from './forward.js';
-import { Panel, readRun } from './run.js';
+import { Panel } from './run.js';
 
 const state = { api: null, card: null, schedule: null, panel: null };
 const MAX_ROWS = 8;
@@ -74,11 +74,7 @@ async function vary(signal) {
     strip.insertBefore(item, after ?? null);
   };
   const stream = await state.api.stream('v1/variations/stream', requestJson(fields), { signal });
-  const done = await readRun(stream, {
-    onQueued: (position) => state.panel.queued(position),
-    onProgress: (data) => state.panel.progressed(data),
-    onImage: addImage,
-  });
+  const done = await state.panel.read(stream, addImage);
   done.images.forEach(addImage);
   row.dataset.done = 'true';
   state.panel.say(`Done: t = ${fields.t}. Move the slider and compare the rows.`);
