@@ -326,6 +326,21 @@ def test_a_body_too_large_to_drain_is_refused_at_once_and_the_connection_closed(
     assert b"connection: close" in data.lower()
 
 
+def test_a_refused_body_that_stalls_while_it_is_drained_is_cut_by_the_body_rate_floor(
+        tiny_checkpoint: Path, tmp_path: Path) -> None:
+    """Reading a refused body is bounded by the edge's own floor, so a client cannot hold the
+    connection by sending a few bytes of a too-large body and stopping."""
+    limits = {**LIMITS, "min_body_bytes_per_s": "20000"}  # 17 KB is late 1 + 0.85 s after the headers
+    with serve_process(tiny_checkpoint, tmp_path / "serve.log", **limits) as (url, _), connect(url) as sock:
+        sock.sendall(b"POST /generate HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                     b"Content-Length: 17000\r\n\r\n" + b" " * 100)
+        start = time.monotonic()
+        data, closed = read_until_closed(sock, 10)
+        took = time.monotonic() - start
+    assert closed and 1.0 < took < 6, took
+    assert data.startswith(b"HTTP/1.1 408 ") and b"min_body_bytes_per_s" in data, data[:300]
+
+
 def test_connections_accepted_on_the_served_socket_have_nagle_off() -> None:
     """The listening socket is bound before the model loads (app.main.bind); asyncio turns Nagle's
     algorithm off on the connections it accepts only if that socket says it is TCP. When it did
